@@ -1,0 +1,5 @@
+"""Model definitions: frozen configs that compile to NumPyro programs."""
+
+from ucsciml.models.bpinn import BayesianPINN
+
+__all__ = ["BayesianPINN"]

@@ -1,0 +1,149 @@
+"""The ``ucsciml`` command line: run cases, list what exists, summarise run directories.
+
+Exit codes: 0 on success, 2 for bad input (config, data, arguments, missing files),
+1 for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ucsciml import registry
+
+CASE_DIR = Path(__file__).resolve().parents[1] / "case_studies"
+DEFAULT_CASE = "burgers_inverse"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ucsciml`` command."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if not args.quiet else logging.WARNING,
+        format="%(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"ucsciml: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ucsciml: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ucsciml",
+        description="Bayesian uncertainty quantification for scientific machine learning.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a case file end to end and write a run directory")
+    run.add_argument(
+        "case",
+        nargs="?",
+        default=None,
+        help=f"case TOML file or name in case_studies/ (default: {DEFAULT_CASE})",
+    )
+    run.add_argument("--backend", help=f"inference backend: {', '.join(sorted(registry.BACKENDS))}")
+    run.add_argument("--seed", type=int, help="integer seed for inference (default: the case's)")
+    run.add_argument("--out", help="run directory (default: runs/<case>/<backend>-seed<seed>)")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse a finished posterior.nc in the run directory if the config matches",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    summary = sub.add_parser("summary", help="print the diagnostics table of a run directory")
+    summary.add_argument("run_dir", help="a directory written by `ucsciml run`")
+    summary.set_defaults(func=_cmd_summary)
+
+    lst = sub.add_parser("list", help="list case files, models, backends and PDEs")
+    lst.set_defaults(func=_cmd_list)
+    return parser
+
+
+def case_path(name: str | None) -> Path:
+    """A case argument (path or bare name) to a case file path."""
+    if name is None:
+        return CASE_DIR / f"{DEFAULT_CASE}.toml"
+    path = Path(name)
+    if path.exists() or path.suffix == ".toml":
+        return path
+    return CASE_DIR / f"{name}.toml"
+
+
+def _cmd_run(args) -> int:
+    from ucsciml.config import load_case
+    from ucsciml.runner import run_case
+
+    cfg = load_case(case_path(args.case))
+    result = run_case(cfg, backend=args.backend, seed=args.seed, out=args.out, resume=args.resume)
+    print(f"run directory: {result.run_dir}")
+    print(result.diagnostics.to_text())
+    _print_parameters(result.metrics)
+    return 0
+
+
+def _cmd_summary(args) -> int:
+    from ucsciml.diagnostics import check
+    from ucsciml.posterior import load
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    tree = load(run_dir / "posterior.nc")
+    print(f"run: {run_dir}")
+    print(check(tree).to_text())
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        _print_parameters(json.loads(metrics_path.read_text(encoding="utf-8")))
+    return 0
+
+
+def _cmd_list(args) -> int:
+    print("cases (case_studies/):")
+    for path in sorted(CASE_DIR.glob("*.toml")):
+        print(f"  {path.stem}")
+    for title, table in (
+        ("models", registry.MODELS),
+        ("backends", registry.BACKENDS),
+        ("pdes", registry.PDES),
+    ):
+        print(f"{title}:")
+        for name, target in sorted(table.items()):
+            print(f"  {name:<12} {target}")
+    return 0
+
+
+def _print_parameters(metrics: dict) -> None:
+    params = metrics.get("parameters") or {}
+    if params:
+        print("\nunknown PDE parameters (posterior mean, sd, 90% interval, truth):")
+        for name, row in params.items():
+            truth = row.get("truth")
+            extra = ""
+            if truth is not None:
+                inside = "inside" if row["truth_in_90"] else "OUTSIDE"
+                extra = f"  truth {truth:.6g} ({100 * row['rel_error']:.1f}% off, {inside} the 90% interval)"
+            print(
+                f"  {name:<10} {row['mean']:.6g} ± {row['sd']:.3g}  [{row['q05']:.6g}, {row['q95']:.6g}]{extra}"
+            )
+    fieldm = metrics.get("field") or {}
+    if fieldm:
+        print(
+            f"\nfield on a {fieldm['grid_points']}-point grid: rel. L2 of the mean "
+            f"{fieldm['rel_l2']:.3g}, 90% coverage of the truth {100 * fieldm['coverage_90']:.1f}%"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""Case files: strict TOML configs for a whole run (data, PDE, model, backend).
+
+Every table and key is checked against what the code accepts: an unknown key is an error
+naming the table and the allowed keys. Priors are tables such as
+``{prior = "LogNormal", loc = -5.0, scale = 1.0, truth = 0.0032}`` built from a fixed list
+of NumPyro distributions: nothing in a case file is ever evaluated or executed.
+
+Example case::
+
+    [case]
+    name = "burgers_inverse"
+    seed = 0
+    backend = "nuts"
+
+    [pde]
+    name = "burgers"
+    lambda1 = { prior = "Normal", loc = 1.0, scale = 0.5, truth = 1.0 }
+
+    [data]
+    num_sensors = 200
+    noise = 0.01
+
+    [model]
+    name = "bpinn"
+    width = 20
+
+    [backend.nuts]
+    num_samples = 300
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpyro.distributions as dist
+
+from ucsciml import registry
+from ucsciml.pde.base import Unknown
+
+PRIORS = {
+    name: getattr(dist, name)
+    for name in (
+        "Normal",
+        "LogNormal",
+        "HalfNormal",
+        "HalfCauchy",
+        "Uniform",
+        "Exponential",
+        "Gamma",
+        "InverseGamma",
+        "TruncatedNormal",
+        "StudentT",
+        "Beta",
+    )
+}
+
+CASE_KEYS = {"name": str, "description": str, "seed": int, "backend": str}
+DATA_KEYS = {"source": str, "path": str, "num_sensors": int, "noise": float, "seed": int}
+DATA_DEFAULTS = {"source": "synthetic", "num_sensors": 200, "noise": 0.01, "seed": 0}
+TOP_KEYS = ("case", "pde", "data", "model", "backend", "evaluation")
+EVAL_KEYS = {"grid": list}
+
+
+class ConfigError(ValueError):
+    """A case file that cannot be run, with the table and key at fault."""
+
+
+def load_case(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a case file; returns the resolved config (defaults filled in).
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ConfigError: on invalid TOML, unknown tables or keys, or bad values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"case file not found: {path}; `ucsciml list` shows the cases")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    return resolve_config(raw, source=str(path))
+
+
+def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
+    """Validate a raw config mapping and fill defaults."""
+    cfg = copy.deepcopy(raw)
+    _only(cfg, TOP_KEYS, "the top level", source)
+    for table in ("case", "pde", "model"):
+        if table not in cfg:
+            raise ConfigError(f"{source}: missing table [{table}]")
+    case = cfg["case"]
+    _check_types(case, CASE_KEYS, "[case]", source)
+    if "name" not in case:
+        raise ConfigError(f"{source}: [case] needs a name")
+    case.setdefault("seed", 0)
+    case.setdefault("backend", "nuts")
+    case.setdefault("description", "")
+    data = {**DATA_DEFAULTS, **cfg.get("data", {})}
+    _check_types(data, DATA_KEYS, "[data]", source)
+    if data["source"] not in ("synthetic", "file"):
+        raise ConfigError(
+            f"{source}: [data] source must be 'synthetic' or 'file', got {data['source']!r}"
+        )
+    if data["source"] == "file" and "path" not in data:
+        raise ConfigError(f"{source}: [data] source = 'file' needs path = '...'")
+    if data["num_sensors"] < 1:
+        raise ConfigError(f"{source}: [data] num_sensors must be >= 1, got {data['num_sensors']}")
+    if data["noise"] < 0:
+        raise ConfigError(
+            f"{source}: [data] noise must be >= 0 (a fraction of the solution's "
+            f"standard deviation), got {data['noise']}"
+        )
+    cfg["data"] = data
+    cfg["pde"] = _resolve_object(cfg["pde"], registry.PDES, "pde", source, skip=())
+    cfg["model"] = _resolve_object(cfg["model"], registry.MODELS, "model", source, skip=("pde",))
+    backends = cfg.get("backend", {})
+    if not isinstance(backends, dict):
+        raise ConfigError(f"{source}: [backend] must be a table of [backend.<name>] tables")
+    resolved = {}
+    for name, settings in backends.items():
+        resolved[name] = _resolve_object(
+            {"name": name, **settings}, registry.BACKENDS, f"backend.{name}", source, skip=()
+        )
+        resolved[name].pop("name")
+    registry.resolve(registry.BACKENDS, case["backend"], "backend")
+    cfg["backend"] = resolved
+    cfg["evaluation"] = {"grid": [64, 32], **cfg.get("evaluation", {})}
+    _check_types(cfg["evaluation"], EVAL_KEYS, "[evaluation]", source)
+    return cfg
+
+
+def build(table: dict[str, Any], kind: str, **extra: Any) -> Any:
+    """Instantiate a resolved ``[pde]``/``[model]``/``[backend.x]`` table."""
+    tables = {"pde": registry.PDES, "model": registry.MODELS, "backend": registry.BACKENDS}
+    settings = dict(table)
+    cls = registry.resolve(tables[kind], settings.pop("name"), kind)
+    kwargs = {k: build_prior(v) if _is_prior(v) else v for k, v in settings.items()}
+    try:
+        return cls(**kwargs, **extra)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"[{kind}]: {err}") from None
+
+
+def build_backend(cfg: dict[str, Any], name: str) -> Any:
+    """The backend ``name`` with the case's ``[backend.name]`` settings."""
+    return build({"name": name, **cfg["backend"].get(name, {})}, "backend")
+
+
+def build_prior(spec: dict[str, Any]) -> Unknown:
+    """``{prior = "LogNormal", loc = ..., scale = ..., truth = ...}`` -> :class:`Unknown`."""
+    params = {k: v for k, v in spec.items() if k not in ("prior", "truth")}
+    cls = PRIORS.get(spec["prior"])
+    if cls is None:
+        raise ConfigError(f"unknown prior '{spec['prior']}'; choose one of {sorted(PRIORS)}")
+    allowed = [p for p in inspect.signature(cls).parameters if p not in ("validate_args", "self")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"prior {spec['prior']} has no parameter(s) {unknown}; allowed: {allowed}"
+        )
+    try:
+        prior = cls(**{k: float(v) for k, v in params.items()}, validate_args=True)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"prior {spec['prior']}{params}: {err}") from None
+    return Unknown(prior, truth=spec.get("truth"))
+
+
+def _resolve_object(table, names, kind, source, skip):
+    if not isinstance(table, dict) or "name" not in table:
+        raise ConfigError(f"{source}: [{kind}] needs name = one of {sorted(names)}")
+    try:
+        cls = registry.resolve(names, table["name"], kind.split(".")[0])
+    except ValueError as err:
+        raise ConfigError(f"{source}: [{kind}] {err}") from None
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in skip}
+    _only(table, ("name", *fields), f"[{kind}]", source)
+    out = {"name": table["name"]}
+    for key, f in fields.items():
+        if key in table:
+            value = table[key]
+            if _is_prior(value):
+                _check_prior_spec(value, f"[{kind}] {key}", source)
+            out[key] = value
+        elif f.default is not dataclasses.MISSING:
+            out[key] = _plain(f.default)
+    return out
+
+
+def _plain(value):
+    if isinstance(value, Unknown):
+        return {"prior": type(value.prior).__name__, "truth": value.truth}
+    return value
+
+
+def _is_prior(value) -> bool:
+    return isinstance(value, dict) and "prior" in value
+
+
+def _check_prior_spec(value, where, source):
+    if value["prior"] not in PRIORS:
+        raise ConfigError(
+            f"{source}: {where}: unknown prior '{value['prior']}'; choose one of {sorted(PRIORS)}"
+        )
+    try:
+        build_prior(value)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {where}: {err}") from None
+
+
+def _only(table, allowed, where, source):
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}"
+        )
+
+
+def _check_types(table, spec, where, source):
+    _only(table, spec, where, source)
+    for key, typ in spec.items():
+        if key not in table:
+            continue
+        value = table[key]
+        ok = isinstance(value, typ) and not isinstance(value, bool)
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            table[key] = float(value)
+            ok = True
+        if not ok:
+            raise ConfigError(f"{source}: {where} {key} must be {typ.__name__}, got {value!r}")

@@ -1,0 +1,225 @@
+"""Sparse sensor data as an ``xarray.Dataset`` with a ``sensor`` dimension.
+
+A sensor data set holds one observed variable (``u`` by default) at scattered points, the
+points' physical coordinates (``x``, ``t``, ...) as coordinates along ``sensor``, and an
+optional per-sensor ``noise_std``. The coordinate order is kept in the ``coords`` attribute
+so that ``points(ds)`` always stacks the columns the same way.
+
+Example:
+    >>> import numpy as np, ucsciml as uq
+    >>> ds = uq.data.sensors(x=np.array([0.1, 0.2]), t=np.array([0.0, 0.5]), u=np.ones(2))
+    >>> uq.data.points(ds).shape
+    (2, 2)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ucsciml._io import atomic_write
+
+SENSOR_DIM = "sensor"
+_COORDS_ATTR = "coords"
+
+
+class DataError(ValueError):
+    """Sensor data that cannot be used, with the field at fault and the fix."""
+
+
+def sensors(
+    *,
+    u: np.ndarray,
+    noise_std: float | np.ndarray | None = None,
+    name: str = "u",
+    attrs: Mapping[str, object] | None = None,
+    **coords: np.ndarray,
+) -> xr.Dataset:
+    """Build a validated sensor data set from arrays.
+
+    Args:
+        u: observed values, one per sensor.
+        noise_std: known measurement noise standard deviation, a scalar or one per sensor;
+            ``None`` when the noise is unknown (a model may then treat it as latent).
+        name: name of the observed variable.
+        attrs: extra attributes stored on the data set.
+        **coords: the sensors' physical coordinates, e.g. ``x=..., t=...``, in order.
+
+    Returns:
+        An ``xarray.Dataset`` with dimension ``sensor``.
+
+    Raises:
+        DataError: on empty, NaN/inf, mismatched or missing fields, or non-positive noise.
+    """
+    if not coords:
+        raise DataError(
+            "sensors(): no coordinates given; pass the sensor locations, e.g. x=..., t=..."
+        )
+    u_arr = _as_1d(u, name)
+    n = u_arr.shape[0]
+    data_vars = {name: ((SENSOR_DIM,), u_arr)}
+    if noise_std is not None:
+        noise = np.asarray(noise_std, dtype=float)
+        if noise.ndim == 0:
+            noise = np.full(n, float(noise))
+        data_vars["noise_std"] = ((SENSOR_DIM,), _as_1d(noise, "noise_std"))
+    coord_vars = {c: ((SENSOR_DIM,), _as_1d(v, c)) for c, v in coords.items()}
+    for field, (_, arr) in {**data_vars, **coord_vars}.items():
+        if arr.shape[0] != n:
+            raise DataError(
+                f"field '{field}' has {arr.shape[0]} values but '{name}' has {n}; "
+                "give every field one value per sensor"
+            )
+    ds = xr.Dataset(data_vars, coords=coord_vars)
+    ds.attrs.update(dict(attrs or {}))
+    ds.attrs[_COORDS_ATTR] = " ".join(coords)
+    ds.attrs["observed"] = name
+    return validate(ds)
+
+
+def validate(ds: xr.Dataset) -> xr.Dataset:
+    """Check a sensor data set and return it unchanged.
+
+    Raises:
+        DataError: naming the field at fault and how to fix it.
+    """
+    if SENSOR_DIM not in ds.dims:
+        raise DataError(
+            f"data has no '{SENSOR_DIM}' dimension (dims: {dict(ds.sizes)}); "
+            f"store one row per sensor along '{SENSOR_DIM}'"
+        )
+    n = ds.sizes[SENSOR_DIM]
+    if n == 0:
+        raise DataError("data is empty: it has 0 sensors; provide at least one observation")
+    observed = ds.attrs.get("observed", "u")
+    if observed not in ds.data_vars:
+        raise DataError(
+            f"data has no observed variable '{observed}' (variables: "
+            f"{sorted(ds.data_vars)}); name the observed field '{observed}'"
+        )
+    names = coordinate_names(ds)
+    if not names:
+        raise DataError("data has no physical coordinates along 'sensor'; add e.g. x and t")
+    for field in [observed, *names, *(["noise_std"] if "noise_std" in ds else [])]:
+        var = ds[field]
+        if var.dims != (SENSOR_DIM,):
+            raise DataError(f"field '{field}' has dims {var.dims}; expected ('{SENSOR_DIM}',)")
+        values = np.asarray(var.values)
+        if not np.issubdtype(values.dtype, np.number):
+            raise DataError(f"field '{field}' has dtype {values.dtype}; expected numbers")
+        bad = ~np.isfinite(values)
+        if bad.any():
+            idx = np.flatnonzero(bad)[:5].tolist()
+            raise DataError(
+                f"field '{field}' has {int(bad.sum())} NaN/inf value(s) at sensors "
+                f"{idx}; drop those sensors or fill them before fitting"
+            )
+    if "noise_std" in ds and (ds["noise_std"].values <= 0).any():
+        raise DataError(
+            "field 'noise_std' must be > 0 at every sensor (got min "
+            f"{float(ds['noise_std'].min())}); use a small positive value or "
+            "omit noise_std to make the noise a latent parameter"
+        )
+    return ds
+
+
+def coordinate_names(ds: xr.Dataset) -> tuple[str, ...]:
+    """The physical coordinate names of a sensor data set, in their stored order."""
+    stored = ds.attrs.get(_COORDS_ATTR)
+    if stored:
+        names = tuple(str(stored).split())
+        missing = [c for c in names if c not in ds.coords]
+        if missing:
+            raise DataError(
+                f"coordinate(s) {missing} listed in attrs['coords'] are missing; "
+                "add them as coordinates along 'sensor'"
+            )
+        return names
+    return tuple(str(c) for c in ds.coords if ds[c].dims == (SENSOR_DIM,))
+
+
+def points(ds: xr.Dataset) -> np.ndarray:
+    """Sensor locations as an ``(n_sensors, n_coords)`` float array, columns in coord order."""
+    return np.stack([np.asarray(ds[c].values, dtype=float) for c in coordinate_names(ds)], axis=-1)
+
+
+def observations(ds: xr.Dataset) -> np.ndarray:
+    """The observed values, shape ``(n_sensors,)``."""
+    return np.asarray(ds[ds.attrs.get("observed", "u")].values, dtype=float)
+
+
+def noise_std(ds: xr.Dataset) -> np.ndarray | None:
+    """Per-sensor noise standard deviations, or ``None`` when unknown."""
+    return np.asarray(ds["noise_std"].values, dtype=float) if "noise_std" in ds else None
+
+
+def load(path: str | os.PathLike) -> xr.Dataset:
+    """Load sensor data from netCDF (``.nc``) or CSV (``.csv``) and validate it.
+
+    A CSV file has a header; the observed column is ``u`` and an optional ``noise_std``
+    column holds per-sensor noise; every other column is a coordinate.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        DataError: on an unknown file type or invalid content.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"sensor data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".nc":
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            return validate(ds.load())
+    if suffix == ".csv":
+        return _load_csv(path)
+    raise DataError(f"unknown sensor data file type '{suffix}' for {path}; use .nc or .csv")
+
+
+def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Validate and atomically save sensor data as netCDF (``.nc``) or CSV (``.csv``)."""
+    validate(ds)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".nc":
+        return atomic_write(path, lambda p: ds.to_netcdf(p, engine="h5netcdf"))
+    if suffix == ".csv":
+        columns = [*coordinate_names(ds), ds.attrs.get("observed", "u")]
+        if "noise_std" in ds:
+            columns.append("noise_std")
+        table = np.stack([np.asarray(ds[c].values, dtype=float) for c in columns], axis=-1)
+        header = ",".join(columns)
+        return atomic_write(
+            path, lambda p: np.savetxt(p, table, delimiter=",", header=header, comments="")
+        )
+    raise DataError(f"unknown sensor data file type '{suffix}' for {path}; use .nc or .csv")
+
+
+def _load_csv(path: Path) -> xr.Dataset:
+    with path.open(encoding="utf-8") as fh:
+        header = fh.readline().strip().split(",")
+    if "u" not in header:
+        raise DataError(f"{path}: CSV header {header} has no 'u' column (the observed values)")
+    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    if table.shape[1] != len(header):
+        raise DataError(
+            f"{path}: rows have {table.shape[1]} values but the header names {len(header)} columns"
+        )
+    cols = {name: table[:, i] for i, name in enumerate(header)}
+    u = cols.pop("u")
+    noise = cols.pop("noise_std", None)
+    return sensors(u=u, noise_std=noise, **cols)
+
+
+def _as_1d(values: object, field: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise DataError(
+            f"field '{field}' must be 1-D (one value per sensor); got shape {arr.shape}"
+        )
+    return arr

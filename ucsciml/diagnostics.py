@@ -1,0 +1,310 @@
+"""Convergence diagnostics with verdicts in words, judged where they mean something.
+
+R-hat (rank-normalised, split), bulk/tail ESS and MCSE come from ``arviz_stats``; the
+thresholds follow Vehtari et al. (2021): R-hat < 1.01 and ESS > 400. They are computed on the
+physical parameters and on predictions (deterministic fields), never on raw network weights,
+whose permutation symmetry makes cross-chain R-hat meaningless. Divergences, BFMI and
+tree-depth saturation come from ``sample_stats``. Backends whose draws are independent
+(variational, Laplace, dropout) or whose chains are ensemble members get the checks that
+apply to them and a sentence saying which do not.
+
+References:
+    Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021), Rank-normalization, folding, and
+    localization: an improved R-hat, Bayesian Analysis 16(2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import arviz_stats as azs
+import numpy as np
+import xarray as xr
+
+RHAT_MAX = 1.01
+ESS_MIN = 400
+BFMI_MIN = 0.3
+_MAX_ELEMENTS = 8
+
+
+@dataclass(frozen=True)
+class Row:
+    """One diagnosed quantity (a scalar, a vector element, or the worst of a field)."""
+
+    name: str
+    mean: float
+    sd: float
+    rhat: float | None
+    ess_bulk: float | None
+    ess_tail: float | None
+    mcse_mean: float | None
+    verdict: str
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """The outcome of :func:`check`: rows, sampler checks, an overall verdict and messages."""
+
+    kind: str
+    rows: tuple[Row, ...]
+    num_chains: int
+    num_draws: int
+    divergences: int | None = None
+    bfmi: tuple[float, ...] | None = None
+    max_treedepth_fraction: float | None = None
+    verdict: str = "pass"
+    messages: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def converged(self) -> bool:
+        """True only for MCMC whose every check passed."""
+        return self.kind == "mcmc" and self.verdict == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "verdict": self.verdict,
+            "converged": self.converged,
+            "num_chains": self.num_chains,
+            "num_draws": self.num_draws,
+            "divergences": self.divergences,
+            "bfmi": list(self.bfmi) if self.bfmi is not None else None,
+            "max_treedepth_fraction": self.max_treedepth_fraction,
+            "messages": list(self.messages),
+            "rows": [row.__dict__ for row in self.rows],
+        }
+
+    def to_text(self) -> str:
+        """A fixed-width table with the verdicts and messages."""
+        head = f"{'quantity':<28}{'mean':>11}{'sd':>10}{'r_hat':>8}{'ess_bulk':>10}{'ess_tail':>10}  verdict"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(
+                f"{r.name[:27]:<28}{_fmt(r.mean, 11)}{_fmt(r.sd, 10)}{_fmt(r.rhat, 8, '.3f')}"
+                f"{_fmt(r.ess_bulk, 10, '.0f')}{_fmt(r.ess_tail, 10, '.0f')}  {r.verdict}"
+            )
+        lines.append("")
+        lines.append(f"{self.kind}: {self.num_chains} chain(s) x {self.num_draws} draw(s)")
+        if self.divergences is not None:
+            lines.append(f"divergences: {self.divergences}")
+        if self.bfmi is not None:
+            lines.append("BFMI per chain: " + ", ".join(f"{b:.2f}" for b in self.bfmi))
+        if self.max_treedepth_fraction is not None:
+            lines.append(f"draws at max tree depth: {100 * self.max_treedepth_fraction:.1f}%")
+        lines.append(f"overall: {self.verdict.upper()}")
+        lines.extend(f"  - {m}" for m in self.messages)
+        return "\n".join(lines)
+
+
+def check(tree: xr.DataTree) -> Diagnostics:
+    """Diagnose a posterior DataTree written by ucsciml (or any ArviZ tree).
+
+    Args:
+        tree: a DataTree with a ``posterior`` group (and ``sample_stats`` for MCMC).
+
+    Returns:
+        A :class:`Diagnostics` with per-quantity rows, verdicts and plain-language messages.
+
+    Raises:
+        ValueError: when the tree has no posterior group.
+    """
+    if "posterior" not in tree.children:
+        raise ValueError(
+            "this DataTree has no 'posterior' group; pass a tree from "
+            "Posterior.to_datatree() or ucsciml.load(run_dir/'posterior.nc')"
+        )
+    kind = str(tree.attrs.get("ucsciml_kind", "mcmc"))
+    post = tree["posterior"].to_dataset()
+    num_chains, num_draws = post.sizes["chain"], post.sizes["draw"]
+    physical, fields = _split_variables(tree, post)
+    messages: list[str] = []
+    mixing_applies = kind == "mcmc" and num_chains >= 2 and num_draws >= 4
+    rows = _rows(tree, post, physical, fields, mixing_applies)
+    if kind != "mcmc":
+        messages.append(_not_applicable(kind))
+    elif num_chains < 2:
+        messages.append("R-hat needs at least 2 chains; run more chains to judge mixing.")
+    bad_rhat = [r for r in rows if r.rhat is not None and not r.rhat < RHAT_MAX]
+    low_ess = [r for r in rows if r.ess_bulk is not None and r.ess_bulk < ESS_MIN]
+    if bad_rhat:
+        worst = max(bad_rhat, key=lambda r: r.rhat)
+        messages.append(
+            f"chains did NOT mix: R-hat of {worst.name} is {worst.rhat:.3g} (needs < {RHAT_MAX}); "
+            f"{len(bad_rhat)} quantit{'y' if len(bad_rhat) == 1 else 'ies'} fail. The chains "
+            "explore different regions (often separate modes), so the pooled draws and their "
+            "intervals are not a trustworthy posterior. This run has not converged."
+        )
+    if low_ess:
+        worst = min(low_ess, key=lambda r: r.ess_bulk)
+        messages.append(
+            f"effective sample size is low: ESS of {worst.name} is "
+            f"{worst.ess_bulk:.0f} (needs > {ESS_MIN}); draw more samples."
+        )
+    divergences = bfmi = depth_fraction = None
+    stats = tree["sample_stats"].to_dataset() if "sample_stats" in tree.children else None
+    if kind == "mcmc" and stats is not None:
+        divergences, bfmi, depth_fraction = _sampler_checks(tree, stats, messages)
+    verdict = (
+        "warn"
+        if messages
+        and (bad_rhat or low_ess or divergences or _low(bfmi) or (depth_fraction or 0) > 0)
+        else "pass"
+    )
+    if kind != "mcmc":
+        verdict = "n/a"
+    return Diagnostics(
+        kind,
+        tuple(rows),
+        num_chains,
+        num_draws,
+        divergences,
+        bfmi,
+        depth_fraction,
+        verdict,
+        tuple(messages),
+    )
+
+
+def _split_variables(tree: xr.DataTree, post: xr.Dataset) -> tuple[list[str], list[str]]:
+    network = set(_attr_list(tree, "ucsciml_network_sites"))
+    physical = _attr_list(tree, "ucsciml_physical_sites")
+    if physical is None:
+        physical = [v for v in post.data_vars if v not in network]
+        return [str(v) for v in physical], []
+    fields = [str(v) for v in post.data_vars if v not in network and v not in physical]
+    return [p for p in physical if p in post], fields
+
+
+def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
+    names = [*physical, *fields]
+    if not names:
+        return []
+    ds = post[names]
+    mean, sd = ds.mean(("chain", "draw")), ds.std(("chain", "draw"))
+    if mixing_applies:
+        sub = xr.DataTree.from_dict({"posterior": ds})
+        rhat = azs.rhat(sub, method="rank").to_dataset()
+        ess_b = azs.ess(sub, method="bulk").to_dataset()
+        ess_t = azs.ess(sub, method="tail").to_dataset()
+        mcse = azs.mcse(sub, method="mean").to_dataset()
+    rows = []
+    for name in names:
+        if (
+            name in physical
+            and ds[name].size // (ds.sizes["chain"] * ds.sizes["draw"]) <= _MAX_ELEMENTS
+        ):
+            flat = _elements(ds[name])
+        else:
+            flat = [(f"{name} (worst of {ds[name][0, 0].size})", None)]
+        for label, sel in flat:
+            def pick(x, sel=sel):
+                return x if sel is None else x.isel(sel)
+            if not mixing_applies:
+                rows.append(
+                    Row(
+                        label,
+                        _worst(pick(mean[name]), np.mean),
+                        _worst(pick(sd[name]), np.mean),
+                        None,
+                        None,
+                        None,
+                        None,
+                        "n/a",
+                    )
+                )
+                continue
+            r = _worst(pick(rhat[name]), np.max)
+            eb = _worst(pick(ess_b[name]), np.min)
+            et = _worst(pick(ess_t[name]), np.min)
+            verdict = "pass" if (r < RHAT_MAX and eb > ESS_MIN and et > ESS_MIN) else "warn"
+            rows.append(
+                Row(
+                    label,
+                    _worst(pick(mean[name]), np.mean),
+                    _worst(pick(sd[name]), np.mean),
+                    r,
+                    eb,
+                    et,
+                    _worst(pick(mcse[name]), np.max),
+                    verdict,
+                )
+            )
+    return rows
+
+
+def _elements(da: xr.DataArray) -> list[tuple[str, dict | None]]:
+    extra = [d for d in da.dims if d not in ("chain", "draw")]
+    if not extra:
+        return [(str(da.name), None)]
+    shape = [da.sizes[d] for d in extra]
+    out = []
+    for idx in np.ndindex(*shape):
+        out.append((f"{da.name}[{','.join(map(str, idx))}]", dict(zip(extra, idx, strict=True))))
+    return out
+
+
+def _worst(da: xr.DataArray, reduce) -> float:
+    values = np.asarray(da.values, dtype=float)
+    if np.isnan(values).all():
+        return float("nan")
+    return float(reduce(values[~np.isnan(values)]))
+
+
+def _sampler_checks(tree, stats: xr.Dataset, messages: list[str]):
+    divergences = bfmi = depth_fraction = None
+    if "diverging" in stats:
+        divergences = int(stats["diverging"].sum())
+        if divergences:
+            frac = divergences / stats["diverging"].size
+            messages.append(
+                f"{divergences} divergent transition(s) ({100 * frac:.1f}% of draws): "
+                "the sampler missed regions of high curvature; raise "
+                "target_accept_prob or reparameterise."
+            )
+    if "energy" in stats and stats.sizes.get("draw", 0) > 1:
+        bfmi = tuple(float(b) for b in np.atleast_1d(azs.bfmi(tree).to_dataset()["energy"].values))
+        if _low(bfmi):
+            messages.append(
+                f"low BFMI (min {min(bfmi):.2f} < {BFMI_MIN}): momentum resampling "
+                "explores the energy poorly; the posterior may have heavy tails."
+            )
+    if "reached_max_treedepth" in stats:
+        depth_fraction = float(stats["reached_max_treedepth"].mean())
+        if depth_fraction > 0:
+            messages.append(
+                f"{100 * depth_fraction:.1f}% of draws hit the maximum tree depth: "
+                "trajectories were cut short, so exploration is inefficient."
+            )
+    return divergences, bfmi, depth_fraction
+
+
+def _low(bfmi) -> bool:
+    return bfmi is not None and min(bfmi) < BFMI_MIN
+
+
+def _not_applicable(kind: str) -> str:
+    reasons = {
+        "variational": "draws are independent samples from a fitted variational approximation",
+        "laplace": "draws are independent samples from a Gaussian at the mode",
+        "dropout": "draws are independent stochastic forward passes",
+        "ensemble": "chains are ensemble members (independent optimisations), not Markov chains",
+    }
+    return (
+        f"R-hat, ESS, divergences and BFMI do not apply: {reasons.get(kind, kind)}. "
+        "Judge this posterior by calibration instead."
+    )
+
+
+def _attr_list(tree: xr.DataTree, name: str) -> list[str] | None:
+    raw = tree.attrs.get(name)
+    if raw is None:
+        return None
+    return list(json.loads(raw)) if isinstance(raw, str) else list(raw)
+
+
+def _fmt(value, width: int, spec: str = ".4g") -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return f"{'-':>{width}}"
+    return f"{value:>{width}{spec}}"
