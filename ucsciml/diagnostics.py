@@ -199,8 +199,10 @@ def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
         else:
             flat = [(f"{name} (worst of {ds[name][0, 0].size})", None)]
         for label, sel in flat:
+
             def pick(x, sel=sel):
                 return x if sel is None else x.isel(sel)
+
             if not mixing_applies:
                 rows.append(
                     Row(
