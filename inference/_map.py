@@ -2,7 +2,10 @@
 
 The negative log joint comes from NumPyro's ``initialize_model`` (so constrained sites are
 optimised in their unconstrained space, with the Jacobian the potential includes); the loop
-is one ``lax.scan`` over Optax Adam steps.
+is one ``lax.scan`` over Optax Adam steps, optionally polished by Optax L-BFGS.
+:func:`potential_family` builds potentials of a wrapped model whose extra keyword arguments
+(anchors, dropout masks) are traced, so one compiled program serves every ensemble member or
+optimisation step.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from numpyro import handlers
 from numpyro.infer.initialization import init_to_sample
 from numpyro.infer.util import initialize_model
 
@@ -49,6 +53,56 @@ def potential(program: Program, key: PRNGKey) -> Potential:
     return Potential(init, potential_gen(*args, **kwargs), postprocess_gen(*args, **kwargs))
 
 
+class PotentialFamily(NamedTuple):
+    """Potentials of a wrapped model, indexed by the values of its extra keyword arguments."""
+
+    make: Callable[..., Callable[[PyTree], jax.Array]]
+    init: Callable[[PRNGKey], PyTree]
+    postprocess: Callable[..., Callable[[PyTree], dict]]
+
+
+def potential_family(
+    program: Program, key: PRNGKey, fn: Callable[..., None], **example_kwargs: PyTree
+) -> PotentialFamily:
+    """Potentials of ``fn(inputs, targets=None, **kwargs)``, one per value of ``kwargs``.
+
+    Args:
+        program: supplies ``inputs`` and ``targets``.
+        key: key for NumPyro's site discovery (no draw depends on it).
+        fn: a wrapper of ``program.fn`` taking extra keyword arguments.
+        example_kwargs: values of the extra arguments with the shapes used later.
+
+    Returns:
+        ``make(**kwargs) -> potential_fn`` and ``postprocess(**kwargs) -> postprocess_fn``
+        (``kwargs`` may be traced, inside ``vmap``/``scan``), and ``init(key)``: an
+        unconstrained prior draw of the latent sites.
+    """
+    args = (program.inputs,)
+    kwargs = {"targets": program.targets, **example_kwargs}
+    _, potential_gen, postprocess_gen, _ = initialize_model(
+        key,
+        fn,
+        model_args=args,
+        model_kwargs=kwargs,
+        dynamic_args=True,
+        init_strategy=init_to_sample,
+    )
+
+    def init(k):
+        info, *_ = initialize_model(
+            k, fn, model_args=args, model_kwargs=kwargs, init_strategy=init_to_sample
+        )
+        return info.z
+
+    def make(**extra):
+        return potential_gen(*args, targets=program.targets, **extra)
+
+    def postprocess(**extra):
+        return postprocess_gen(*args, targets=program.targets, **extra)
+
+    return PotentialFamily(make, init, postprocess)
+
+
 def adam_map(
     potential_fn: Callable[[PyTree], jax.Array],
     z0: PyTree,
@@ -68,6 +122,79 @@ def adam_map(
 
     (z, _), losses = jax.lax.scan(step, (z0, opt.init(z0)), None, length=num_steps)
     return z, losses
+
+
+def lbfgs_polish(
+    potential_fn: Callable[[PyTree], jax.Array], z0: PyTree, num_steps: int
+) -> tuple[PyTree, jax.Array]:
+    """Polish a point with ``num_steps`` of Optax L-BFGS (zoom line search); returns the point
+    and the loss trace. A fixed step count (not a tolerance) keeps it one ``lax.scan``, so it
+    vmaps over ensemble members; steps after convergence leave the point unchanged."""
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(potential_fn)
+
+    def step(carry, _):
+        z, state = carry
+        loss, grad = value_and_grad(z, state=state)
+        updates, state = opt.update(grad, state, z, value=loss, grad=grad, value_fn=potential_fn)
+        z_new = optax.apply_updates(z, updates)
+        # A failed line search can return a non-finite step: keep the last good point.
+        z_new = jax.tree.map(lambda a, b: jnp.where(is_finite_tree(z_new), a, b), z_new, z)
+        return (z_new, state), loss
+
+    (z, _), losses = jax.lax.scan(step, (z0, opt.init(z0)), None, length=num_steps)
+    return z, losses
+
+
+def fit_map(
+    potential_fn: Callable[[PyTree], jax.Array],
+    z0: PyTree,
+    adam_steps: int,
+    learning_rate: float,
+    lbfgs_steps: int,
+) -> tuple[PyTree, jax.Array]:
+    """Adam (:func:`adam_map`) then L-BFGS (:func:`lbfgs_polish`); returns the point and the
+    concatenated loss trace."""
+    z, losses = adam_map(potential_fn, z0, adam_steps, learning_rate)
+    if lbfgs_steps:
+        z, polish = lbfgs_polish(potential_fn, z, lbfgs_steps)
+        losses = jnp.concatenate([losses, polish])
+    return z, losses
+
+
+def check_continuous(program: Program, backend: str) -> None:
+    """Raise ``ValueError`` before any compute when ``program`` has discrete latent sites."""
+    trace = program.trace(jax.random.key(0))
+    discrete = [
+        name
+        for name, site in trace.items()
+        if site["type"] == "sample" and not site["is_observed"] and site["fn"].support.is_discrete
+    ]
+    if discrete:
+        raise ValueError(
+            f"{backend} needs continuous latent sites; program '{program.name}' has discrete "
+            f"ones {discrete}. Marginalise them out, build the model without them (e.g. "
+            "dropout=0 for a B-PINN), or use a backend that handles them (MCDropout for masks)"
+        )
+
+
+def with_deterministics(program: Program, latent: dict, key: PRNGKey) -> dict:
+    """Add the model's deterministic sites to flat draws ``{site: (n, ...)}`` of its latents."""
+
+    def one(sample, k):
+        model = handlers.substitute(handlers.seed(program.fn, k), data=sample)
+        trace = handlers.trace(model).get_trace(program.inputs, targets=program.targets)
+        return {
+            name: site["value"]
+            for name, site in trace.items()
+            if site["type"] == "deterministic" or name in sample
+        }
+
+    n = next(iter(latent.values())).shape[0]
+    keys = jax.random.split(key, n)
+    return jax.jit(lambda s, k: jax.lax.map(lambda a: one(*a), (s, k), batch_size=min(n, 64)))(
+        latent, keys
+    )
 
 
 def is_finite_tree(tree: PyTree) -> jax.Array:

@@ -52,6 +52,11 @@ class BayesianPINN:
         residual_std: ``sigma_r`` of the residual pseudo-likelihood, a number or :class:`Unknown`.
         num_collocation: residual points.
         hard_constraints: use the PDE's ansatz for initial/boundary conditions.
+        dropout: rate ``p`` of MC dropout on hidden units. When ``> 0`` the model adds
+            Bernoulli(1 - p) keep-mask sites ``dropout{l}`` (one mask per unit, shared by all
+            points, inverted scaling) that ``inference.MCDropout`` samples; such a program has
+            discrete latents, so NUTS/VI/Laplace/ensembles refuse it. ``0`` (default) adds
+            nothing.
 
     References:
         Yang, Meng & Karniadakis (2021), B-PINNs: Bayesian physics-informed neural networks
@@ -69,6 +74,7 @@ class BayesianPINN:
     residual_std: float | Unknown = 0.05
     num_collocation: int = 1000
     hard_constraints: bool = False
+    dropout: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.pde, AbstractPDE):
@@ -90,6 +96,8 @@ class BayesianPINN:
             value = getattr(self, name)
             if isinstance(value, int | float) and not value > 0:
                 raise ValueError(f"BayesianPINN.{name} must be > 0, got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"BayesianPINN.dropout must be in [0, 1), got {self.dropout}")
         if self.hard_constraints and self.pde.ansatz() is None:
             raise ValueError(
                 f"{type(self.pde).__name__} has no hard-constraint ansatz; set "
@@ -151,6 +159,8 @@ class BayesianPINN:
             dims[f"w{i}"] = (f"layer{i}_out", f"layer{i}_in") if out_dim else (f"layer{i}_in",)
             if out_dim:
                 dims[f"b{i}"] = (f"layer{i}_out",)
+        for name in self._dropout_site_names():
+            dims[name] = (f"layer{name.removeprefix('dropout')}_out",)
         truth = {k: v.truth for k, v in self.pde.unknowns().items() if v.truth is not None}
 
         def query(new_points):
@@ -170,9 +180,18 @@ class BayesianPINN:
             query_fn=query,
             observed=("u_obs",),
             predict_sites=("u", "u_obs"),
-            network_sites=tuple(self._weight_site_names()),
+            network_sites=(*self._weight_site_names(), *self._dropout_site_names()),
             name=f"bpinn-{type(self.pde).__name__.lower()}",
-            attrs={"truth": truth, "pde": type(self.pde).__name__, "coords": list(names)},
+            attrs={
+                "truth": truth,
+                "pde": type(self.pde).__name__,
+                "coords": list(names),
+                **(
+                    {"dropout_sites": self._dropout_site_names(), "dropout_rate": self.dropout}
+                    if self.dropout
+                    else {}
+                ),
+            },
         )
 
     def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -193,6 +212,10 @@ class BayesianPINN:
         for i in range(len(self._layer_shapes())):
             names.extend((f"w{i}", f"b{i}"))
         return names
+
+    def _dropout_site_names(self) -> list[str]:
+        """Bernoulli keep-masks on each hidden layer's units (only when ``dropout > 0``)."""
+        return [f"dropout{i}" for i in range(self.depth)] if self.dropout else []
 
     def _model_fn(self):
         net = self.network()
@@ -222,6 +245,13 @@ class BayesianPINN:
                         name, dist.Normal(0.0, sd).expand(leaf.shape).to_event(leaf.ndim)
                     )
                 )
+            # Dropout on hidden layer l's units = masking the columns of layer l+1's
+            # weights (inverted-dropout scaling keeps the mean pre-activation).
+            for i, name in enumerate(self._dropout_site_names()):
+                keep = numpyro.sample(
+                    name, dist.Bernoulli(probs=1.0 - self.dropout).expand((self.width,)).to_event(1)
+                )
+                values[2 * i + 2] = values[2 * i + 2] * keep / (1.0 - self.dropout)
             params = {k: _site(k, v) for k, v in pde.parameters().items()}
             points = inputs["points"]
             u = numpyro.deterministic("u", field(values, points))

@@ -290,7 +290,10 @@ def _not_applicable(kind: str) -> str:
     reasons = {
         "variational": "draws are independent samples from a fitted variational approximation",
         "laplace": "draws are independent samples from a Gaussian at the mode",
-        "dropout": "draws are independent stochastic forward passes",
+        "dropout": (
+            "draws are stochastic forward passes of one fitted network; parameters outside "
+            "the network (e.g. unknown PDE coefficients) are point estimates with sd 0"
+        ),
         "ensemble": "chains are ensemble members (independent optimisations), not Markov chains",
     }
     return (

@@ -21,6 +21,10 @@ MODELS: dict[str, str] = {
 
 BACKENDS: dict[str, str] = {
     "nuts": "ucsciml.inference.nuts:NUTS",
+    "vi": "ucsciml.inference.vi:VI",
+    "laplace": "ucsciml.inference.laplace:Laplace",
+    "ensemble": "ucsciml.inference.ensemble:DeepEnsemble",
+    "dropout": "ucsciml.inference.dropout:MCDropout",
 }
 
 

@@ -2,12 +2,15 @@
 
 A run directory holds ``config.toml`` (the resolved config), ``posterior.nc`` (the DataTree),
 ``metrics.json`` and ``log.txt``; each is written atomically, so a crash never leaves a
-half-written file. ``resume=True`` reuses a finished ``posterior.nc`` whose config matches.
+half-written file. ``resume=True`` reuses a finished ``posterior.nc`` whose config matches,
+and otherwise lets a checkpointing backend (VI) continue from ``checkpoints/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -114,7 +117,7 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     )
     model = case_config.build(cfg["model"], "model", pde=pde)
     program = compile_program(model, data)
-    backend = case_config.build_backend(cfg, backend_name)
+    backend = _with_checkpoints(case_config.build_backend(cfg, backend_name), run_dir, resume)
     posterior_path = run_dir / "posterior.nc"
     key = jax.random.key(seed)
     reused = False
@@ -209,6 +212,20 @@ def field_metrics(posterior: Posterior, pde: AbstractPDE, grid: list[int], key) 
         "mean_width_90": float(np.mean(hi - lo)),
         "grid_points": int(points.shape[0]),
     }
+
+
+def _with_checkpoints(backend, run_dir: Path, resume: bool):
+    """Point a backend that checkpoints (has a ``checkpoint_dir`` setting) at
+    ``run_dir/checkpoints``; without ``resume`` stale checkpoints are removed first, with it
+    the backend continues from them."""
+    if "checkpoint_dir" not in {f.name for f in dataclasses.fields(backend)}:
+        return backend
+    folder = run_dir / "checkpoints"
+    if not resume:
+        shutil.rmtree(folder, ignore_errors=True)
+    if backend.checkpoint_dir is not None:
+        return backend
+    return dataclasses.replace(backend, checkpoint_dir=str(folder))
 
 
 def _load_data(cfg, pde) -> xr.Dataset:
