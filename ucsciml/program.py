@@ -44,6 +44,9 @@ class Program:
             diagnostics because permutation symmetry makes their R-hat meaningless.
         name: a short label for reports.
         attrs: extra facts for reports (e.g. ``{"truth": {"lambda1": 1.0}}``), JSON-able.
+        field_fn: optional ``(sample, points) -> (n,)`` field of one posterior draw
+            (``sample``: latent site values) at ``(n, d)`` points, differentiable in the points;
+            used by :mod:`ucsciml.physics` for PDE residuals at new points.
     """
 
     fn: Callable[..., None]
@@ -57,6 +60,7 @@ class Program:
     network_sites: tuple[str, ...] = ()
     name: str = "program"
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    field_fn: Callable[[Mapping[str, Any], Any], Any] | None = None
 
     def __post_init__(self):
         if not callable(self.fn):
@@ -99,6 +103,7 @@ class Program:
         network_sites: tuple[str, ...] = (),
         name: str = "numpyro",
         attrs: Mapping[str, Any] | None = None,
+        field_fn: Callable[[Mapping[str, Any], Any], Any] | None = None,
     ) -> Program:
         """Wrap a user-written NumPyro model ``fn(inputs, targets=None)`` as a Program.
 
@@ -110,7 +115,8 @@ class Program:
             coords: coordinate values per dim.
             query: ``points -> inputs`` for prediction; when ``inputs`` is a single array,
                 the default uses the points themselves as inputs.
-            observed, predict_sites, network_sites, name, attrs: see the class attributes.
+            observed, predict_sites, network_sites, name, attrs, field_fn: see the class
+                attributes.
 
         Example:
             >>> import numpyro, numpyro.distributions as dist, jax.numpy as jnp
@@ -134,6 +140,7 @@ class Program:
             network_sites=tuple(network_sites),
             name=name,
             attrs=dict(attrs or {}),
+            field_fn=field_fn,
         )
 
     def query(self, points: np.ndarray) -> PyTree:
