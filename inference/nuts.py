@@ -16,7 +16,7 @@ from numpyro.infer import NUTS as NumPyroNUTS
 from ucsciml._types import PRNGKey
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards
 from ucsciml.inference._driver import sample_scan
-from ucsciml.inference._map import adam_map, potential
+from ucsciml.inference._map import fit_map, potential
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -46,6 +46,7 @@ class NUTS:
             a prior draw: chains start in high-density regions, so warm-up is short; chains
             that land in different modes stay there, and R-hat says so).
         map_steps, map_learning_rate: the MAP fit's Adam settings.
+        map_lbfgs_steps: L-BFGS steps polishing each chain's MAP after Adam (0: none).
         progress_bar: show progress (NumPyro engine).
 
     Example:
@@ -66,12 +67,20 @@ class NUTS:
     init: Literal["prior", "map"] = "prior"
     map_steps: int = 2000
     map_learning_rate: float = 1e-2
+    map_lbfgs_steps: int = 0
     progress_bar: bool = True
 
     def __post_init__(self):
-        for name in ("num_warmup", "num_samples", "num_chains", "max_tree_depth", "map_steps"):
+        for name in (
+            "num_warmup",
+            "num_samples",
+            "num_chains",
+            "max_tree_depth",
+            "map_steps",
+            "map_lbfgs_steps",
+        ):
             value = getattr(self, name)
-            low = 0 if name in ("num_warmup", "map_steps") else 1
+            low = 0 if name in ("num_warmup", "map_steps", "map_lbfgs_steps") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"NUTS.{name} must be an integer >= {low}, got {value!r}")
         if self.engine not in ("numpyro", "blackjax"):
@@ -115,7 +124,9 @@ class NUTS:
         if self.init == "prior":
             return starts
         fit = map_chains(
-            lambda z: adam_map(pot.potential_fn, z, self.map_steps, self.map_learning_rate),
+            lambda z: fit_map(
+                pot.potential_fn, z, self.map_steps, self.map_learning_rate, self.map_lbfgs_steps
+            ),
             self.num_chains,
         )
         z, losses = fit(starts)

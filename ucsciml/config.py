@@ -129,7 +129,9 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
             {"name": name, **settings}, registry.BACKENDS, f"backend.{name}", source, skip=()
         )
         resolved[name].pop("name")
-    registry.resolve(registry.BACKENDS, case["backend"], "backend")
+    if case["backend"] not in registry.BACKENDS:
+        raise ConfigError(f"{source}: [case] unknown backend '{case['backend']}'; choose one of "
+                          f"{sorted(registry.BACKENDS)}")
     cfg["backend"] = resolved
     cfg["evaluation"] = {"grid": [64, 32], **cfg.get("evaluation", {})}
     _check_types(cfg["evaluation"], EVAL_KEYS, "[evaluation]", source)

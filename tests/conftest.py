@@ -1,0 +1,74 @@
+"""Shared fixtures: PRNG keys, the shared reference data, a conjugate regression program."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import ucsciml as uq
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+if not SHARED.exists():
+    SHARED = Path(__file__).resolve().parents[1] / "shared"
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` (reference solutions); skips when absent (a user's clone)."""
+    path = SHARED / "data"
+    if not path.exists():
+        pytest.skip("../shared/data is absent (only present in the project's CI)")
+    return path
+
+
+NOISE_SD = 0.5
+PRIOR_SD = 1.0
+
+
+def regression_model(X, targets=None):
+    """Bayesian linear regression with known noise: the conjugate test problem."""
+    beta = numpyro.sample(
+        "beta", dist.Normal(0.0, PRIOR_SD).expand([X.shape[1]]).to_event(1)
+    )
+    with numpyro.plate("obs", X.shape[0], dim=-1):
+        numpyro.sample("y", dist.Normal(X @ beta, NOISE_SD), obs=targets)
+
+
+def regression_data(n: int = 40, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    y = X @ np.array([1.0, -2.0, 0.5]) + NOISE_SD * rng.normal(size=n)
+    return X, y
+
+
+def exact_regression_posterior(X, y):
+    """Closed-form Gaussian posterior of ``beta``: mean and covariance."""
+    precision = X.T @ X / NOISE_SD**2 + np.eye(X.shape[1]) / PRIOR_SD**2
+    cov = np.linalg.inv(precision)
+    return cov @ (X.T @ y) / NOISE_SD**2, cov
+
+
+@pytest.fixture
+def regression():
+    """(program, exact mean, exact covariance) of the conjugate regression."""
+    X, y = regression_data()
+    program = uq.Program.from_numpyro(
+        regression_model,
+        jnp.asarray(X),
+        jnp.asarray(y),
+        dims={"beta": ("feature",), "y": ("obs",), "inputs": ("obs", "feature")},
+        name="regression",
+    )
+    mean, cov = exact_regression_posterior(X, y)
+    return program, mean, cov

@@ -1,0 +1,98 @@
+import arviz_stats as azs
+import jax
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import ucsciml as uq
+from ucsciml import inference
+
+SETTINGS = dict(num_warmup=300, num_samples=500, num_chains=4, progress_bar=False)
+
+
+@pytest.fixture(scope="module", params=["numpyro", "blackjax"])
+def fitted(request):
+    from conftest import exact_regression_posterior, regression_data, regression_model
+
+    X, y = regression_data()
+    program = uq.Program.from_numpyro(
+        regression_model, X, y, dims={"beta": ("feature",), "y": ("obs",), "inputs": ("obs", "feature")}
+    )
+    posterior = inference.NUTS(engine=request.param, **SETTINGS).run(program, jax.random.key(1))
+    return request.param, program, posterior, exact_regression_posterior(X, y)
+
+
+def test_conjugate_posterior_within_3_mcse(fitted):
+    engine, _, posterior, (mean, cov) = fitted
+    tree = posterior.to_datatree()
+    mcse_mean = azs.mcse(tree, var_names=["beta"], method="mean").to_dataset()["beta"].values
+    mcse_sd = azs.mcse(tree, var_names=["beta"], method="sd").to_dataset()["beta"].values
+    draws = posterior.samples["beta"].reshape(-1, 3)
+    # MCSE z-test (as in BlackJAX's sampling tests): |estimate - exact| / MCSE < 3.
+    z_mean = np.abs(draws.mean(0) - mean) / mcse_mean
+    z_sd = np.abs(draws.std(0) - np.sqrt(np.diag(cov))) / mcse_sd
+    assert (z_mean < 3).all(), (engine, z_mean)
+    assert (z_sd < 3).all(), (engine, z_sd)
+
+
+def test_sample_stats_and_shapes(fitted):
+    _, _, posterior, _ = fitted
+    assert posterior.samples["beta"].shape == (4, 500, 3)
+    for name in ("diverging", "tree_depth", "step_size", "energy", "lp", "acceptance_rate"):
+        assert posterior.sample_stats[name].shape == (4, 500), name
+    assert posterior.kind == "mcmc"
+    assert posterior.attrs["settings"]["num_chains"] == 4
+
+
+def test_same_key_same_draws(regression):
+    program, *_ = regression
+    backend = inference.NUTS(num_warmup=20, num_samples=20, num_chains=2, progress_bar=False)
+    a = backend.run(program, jax.random.key(3)).samples["beta"]
+    b = backend.run(program, jax.random.key(3)).samples["beta"]
+    c = backend.run(program, jax.random.key(4)).samples["beta"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_map_initialisation_handles_constrained_sites():
+    def model(x, targets=None):
+        scale = numpyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with numpyro.plate("obs", x.shape[0]):
+            numpyro.sample("y", dist.Normal(0.0, scale), obs=targets)
+
+    rng = np.random.default_rng(0)
+    y = 2.0 * rng.normal(size=200)
+    program = uq.Program.from_numpyro(model, np.zeros(200), y)
+    backend = inference.NUTS(num_warmup=100, num_samples=100, num_chains=2, init="map",
+                             map_steps=300, map_lbfgs_steps=20, progress_bar=False)
+    draws = backend.run(program, jax.random.key(0)).samples["scale"]
+    assert np.all(draws > 0)
+    # The posterior of the scale concentrates near the sample sd (~2) with sd ~ 2/sqrt(400).
+    assert abs(draws.mean() - y.std()) < 0.3
+
+
+def test_discrete_latents_are_rejected_before_compute():
+    def model(x, targets=None):
+        z = numpyro.sample("z", dist.Bernoulli(0.5))
+        numpyro.sample("y", dist.Normal(z, 1.0), obs=targets)
+
+    program = uq.Program.from_numpyro(model, np.zeros(1), np.zeros(()))
+    with pytest.raises(ValueError, match="discrete"):
+        inference.NUTS().run(program, jax.random.key(0))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_samples": 0}, "num_samples"),
+        ({"num_chains": 1.5}, "num_chains"),
+        ({"engine": "stan"}, "engine"),
+        ({"init": "zeros"}, "init"),
+        ({"target_accept_prob": 1.0}, "target_accept_prob"),
+        ({"map_learning_rate": -1.0}, "map_learning_rate"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        inference.NUTS(**kwargs)
