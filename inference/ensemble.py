@@ -44,11 +44,13 @@ class DeepEnsemble:
     gradients); other sites keep their plain terms, so with non-Gaussian priors, a latent
     noise scale or a nonlinear model the ensemble is an approximation.
 
-    **Layout.** Members are the ``chain`` axis, one draw each: samples have shape
-    ``(chain=num_members, draw=1, ...)``. Member ``m`` uses ``fold_in(key, m)`` whatever the
-    device layout; members are one ``vmap`` on a device and split evenly over devices
-    (``shard_map``) when there are several and ``shard=True``. R-hat and ESS do not apply
-    (members are independent optimisations, not Markov chains); diagnostics say so.
+    **Layout.** Members are the ``draw`` axis of a single chain: samples have shape
+    ``(chain=1, draw=num_members, ...)``, so pooled statistics over ``(chain, draw)`` are
+    ensemble statistics and ArviZ's conventions (draws outnumber chains) hold. Member ``m``
+    uses ``fold_in(key, m)`` whatever the device layout; members are one ``vmap`` on a device
+    and split evenly over devices (``shard_map``) when there are several and ``shard=True``.
+    R-hat and ESS do not apply (members are independent optimisations, not Markov chain
+    draws); diagnostics say so.
 
     Args:
         num_members: ensemble size M.
@@ -94,7 +96,7 @@ class DeepEnsemble:
                 raise ValueError(f"DeepEnsemble.{name} must be true or false")
 
     def run(self, program: Program, key: PRNGKey) -> Posterior:
-        """Fit the members and return them as ``(chain=M, draw=1)`` draws.
+        """Fit the members and return them as ``(chain=1, draw=M)`` draws.
 
         Raises:
             ValueError: for discrete latent sites, before any compute.
@@ -142,7 +144,7 @@ class DeepEnsemble:
             "final_loss_per_member": final.tolist(),
         }
         return Posterior(
-            samples={k: np.asarray(v)[:, None] for k, v in constrained.items()},
+            samples={k: np.asarray(v)[None] for k, v in constrained.items()},
             program=program,
             key=predictive_key,
             kind="ensemble",

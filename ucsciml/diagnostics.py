@@ -294,7 +294,7 @@ def _not_applicable(kind: str) -> str:
             "draws are stochastic forward passes of one fitted network; parameters outside "
             "the network (e.g. unknown PDE coefficients) are point estimates with sd 0"
         ),
-        "ensemble": "chains are ensemble members (independent optimisations), not Markov chains",
+        "ensemble": "draws are ensemble members (independent optimisations), not Markov chains",
     }
     return (
         f"R-hat, ESS, divergences and BFMI do not apply: {reasons.get(kind, kind)}. "
