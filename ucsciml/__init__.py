@@ -11,14 +11,28 @@ Example:
 # `numpyro.distributions.distribution` unset, which breaks numpyro.factor (constrained sites).
 import numpyro  # noqa: F401, I001
 
-from ucsciml import data, diagnostics, pde
+from ucsciml import calibration, data, diagnostics, pde, physics, recalibration
 from ucsciml.pde import Unknown
 from ucsciml.posterior import Posterior, load
 from ucsciml.program import Program, compile
+from ucsciml.report import report
 
 __version__ = "0.1.0"
 
-__all__ = ["Posterior", "Program", "Unknown", "compile", "data", "diagnostics", "load", "pde"]
+__all__ = [
+    "Posterior",
+    "Program",
+    "Unknown",
+    "calibration",
+    "compile",
+    "data",
+    "diagnostics",
+    "load",
+    "pde",
+    "physics",
+    "recalibration",
+    "report",
+]
 
 
 def __getattr__(name):

@@ -161,6 +161,13 @@ def _scores_row(x, y, levels):
     }
 
 
+def _full_scores_row(x, y, levels):
+    out = _scores_row(x, y, levels)
+    lo, hi = jnp.quantile(x, jnp.array([0.05, 0.95]))
+    out.update(nll=-_kde_logpdf_row(x, y, None), width_90=hi - lo, mean=jnp.mean(x))
+    return out
+
+
 # ----------------------------------------------------------------------------- public scores
 
 
@@ -251,8 +258,15 @@ def calibration_curve(
         )
     if num_levels < 2:
         raise ValueError(f"calibration_curve(num_levels=...) must be >= 2, got {num_levels}")
+    return curve_from_pit(
+        pit(pred, truth, sample_dims=sample_dims), num_levels=num_levels, kind=kind
+    )
+
+
+def curve_from_pit(pit_values, *, num_levels: int = 99, kind: str = "interval") -> xr.Dataset:
+    """:func:`calibration_curve` from PIT values already computed."""
     nominal = np.linspace(0.0, 1.0, num_levels + 2)
-    p = pit(pred, truth, sample_dims=sample_dims).values.ravel()
+    p = np.asarray(pit_values).ravel()
     stat = np.abs(2.0 * p - 1.0) if kind == "interval" else p
     observed = np.mean(stat[:, None] <= nominal[None, :], axis=0)
     observed[0], observed[-1] = 0.0, 1.0
@@ -472,18 +486,25 @@ def band_covers(
 
 
 def scores(
-    pred: xr.DataArray, truth, levels: Sequence[float] = LEVELS, *, sample_dims=SAMPLE_DIMS
+    pred: xr.DataArray,
+    truth,
+    levels: Sequence[float] = LEVELS,
+    *,
+    full: bool = False,
+    sample_dims=SAMPLE_DIMS,
 ) -> xr.Dataset:
-    """CRPS, PIT and coverage indicators per point in one jitted pass over the draws."""
+    """Per-point scores in one jitted pass over the draws.
+
+    Returns:
+        ``Dataset`` with ``crps``, ``pit`` and ``covered`` (along ``level``); with
+        ``full=True`` also ``nll`` (KDE, see :func:`nll`), ``width_90`` and ``mean``.
+    """
     levels = _levels(levels)
-    out, template = _rows(_scores_row, pred, truth, jnp.asarray(levels), sample_dims=sample_dims)
-    return xr.Dataset(
-        {
-            "crps": _wrap(out["crps"], template, "crps"),
-            "pit": _wrap(out["pit"], template, "pit"),
-            "covered": _wrap(out["covered"], template, "covered", ("level", levels)),
-        }
-    )
+    row_fn = _full_scores_row if full else _scores_row
+    out, template = _rows(row_fn, pred, truth, jnp.asarray(levels), sample_dims=sample_dims)
+    data = {k: _wrap(v, template, k) for k, v in out.items() if k != "covered"}
+    data["covered"] = _wrap(out["covered"], template, "covered", ("level", levels))
+    return xr.Dataset(data)
 
 
 def summary(
@@ -495,21 +516,25 @@ def summary(
         ``{"coverage_50": ..., "coverage_90": ..., "crps": ..., "nll": ..., "rel_l2": ...,
         "sharpness_90": ..., "miscalibration_area": ..., "rmsce": ...}``.
     """
-    per_point = scores(pred, truth, levels, sample_dims=sample_dims)
+    return summarize(scores(pred, truth, levels, full=True, sample_dims=sample_dims), truth)
+
+
+def summarize(per_point: xr.Dataset, truth) -> dict[str, float]:
+    """Scalar summary of :func:`scores` ``(..., full=True)`` (see :func:`summary`)."""
     out = {
         f"coverage_{round(100 * lv):d}": float(per_point.covered.sel(level=lv).mean())
         for lv in per_point.level.values
     }
-    p = per_point.pit.values.ravel()
-    nominal = np.linspace(0.0, 1.0, 101)
-    observed = np.mean(np.abs(2 * p[:, None] - 1) <= nominal[None, :], axis=0)
+    curve = curve_from_pit(per_point.pit)
+    gap = (curve.observed - curve.nominal).values
+    y = _truth_like(truth, per_point.mean)
     out.update(
         crps=float(per_point.crps.mean()),
-        nll=float(nll(pred, truth, sample_dims=sample_dims).mean()),
-        rel_l2=float(rel_l2(pred, truth, sample_dims=sample_dims)),
-        sharpness_90=float(sharpness(pred, 0.9, sample_dims=sample_dims)),
-        miscalibration_area=float(np.trapezoid(np.abs(observed - nominal), nominal)),
-        rmsce=float(np.sqrt(np.mean((observed - nominal)[1:-1] ** 2))),
+        nll=float(per_point.nll.mean()),
+        rel_l2=float(np.sqrt(((per_point["mean"] - y) ** 2).sum()) / np.sqrt((y**2).sum())),
+        sharpness_90=float(per_point.width_90.mean()),
+        miscalibration_area=float(np.trapezoid(np.abs(gap), curve.nominal.values)),
+        rmsce=float(np.sqrt(np.mean(gap[1:-1] ** 2))),
     )
     return out
 

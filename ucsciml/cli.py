@@ -37,6 +37,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _configure_logging(quiet: bool) -> None:
+    # The package logger always records INFO (run directories keep the full log.txt);
+    # the console handler shows INFO unless --quiet.
+    logger = logging.getLogger("ucsciml")
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        if getattr(handler, "_ucsciml_console", False):
+            logger.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    console._ucsciml_console = True
+    logger.addHandler(console)
+    logger.propagate = False
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ucsciml",
@@ -65,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="print the diagnostics table of a run directory")
     summary.add_argument("run_dir", help="a directory written by `ucsciml run`")
     summary.set_defaults(func=_cmd_summary)
+
+    rep = sub.add_parser("report", help="write report.html of a run directory")
+    rep.add_argument("run_dir", help="a directory written by `ucsciml run`")
+    rep.add_argument("--out", help="output file (default: RUN_DIR/report.html)")
+    rep.set_defaults(func=_cmd_report)
+
+    cmp = sub.add_parser("compare", help="compare run directories in one table (terminal + HTML)")
+    cmp.add_argument("run_dirs", nargs="+", help="directories written by `ucsciml run`")
+    cmp.add_argument("--html", help="write the table as HTML here (default: compare.html)")
+    cmp.set_defaults(func=_cmd_compare)
 
     lst = sub.add_parser("list", help="list case files, models, backends and PDEs")
     lst.set_defaults(func=_cmd_list)
@@ -106,6 +132,30 @@ def _cmd_summary(args) -> int:
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists():
         _print_parameters(json.loads(metrics_path.read_text(encoding="utf-8")))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from ucsciml.posterior import load
+    from ucsciml.report import report
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    path = report(load(run_dir / "posterior.nc"), args.out or run_dir / "report.html")
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from ucsciml.report import compare_html, compare_runs, compare_text
+
+    for run_dir in map(Path, args.run_dirs):
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"run directory not found: {run_dir}")
+    rows = compare_runs(args.run_dirs)
+    print(compare_text(rows))
+    print(f"\nHTML table: {compare_html(rows, args.html or 'compare.html')}")
     return 0
 
 

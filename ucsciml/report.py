@@ -1,0 +1,612 @@
+"""One self-contained HTML report of a posterior: provenance, diagnostics, calibration, fields.
+
+``ucsciml.report(tree, path)`` writes a single HTML file (images base64-embedded, no scripts,
+no external resources) that a scientist can open anywhere. Sections appear when the tree has
+what they need:
+
+* provenance (case, backend, seed, wall time, versions) from the tree's attributes;
+* the diagnostics table of :func:`ucsciml.diagnostics.check` (only checks that apply to the
+  backend kind) and, for MCMC, rank, ESS and energy plots from ``arviz_plots``;
+* unknown PDE parameters against the truth (``tree.attrs["ucsciml_program_attrs"]["truth"]``);
+* posterior predictive checks and in-sample calibration (``posterior_predictive`` vs
+  ``observed_data``);
+* for fields (a ``predictions`` group on a grid, truth in ``predictions_constant_data`` as
+  ``<name>_true``): calibration curve, PIT ECDF with envelope, coverage table and the mean,
+  sd, error and 90% coverage maps.
+
+A section that fails to draw says so in the report and in the log; it never aborts the rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ucsciml import calibration as cal
+from ucsciml import diagnostics
+from ucsciml._io import write_text
+from ucsciml.posterior import tree_attr
+
+log = logging.getLogger(__name__)
+
+LEVELS = (0.5, 0.8, 0.9, 0.95)
+_MAX_PLOT_VARS = 6
+
+
+def report(tree: xr.DataTree, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Write the HTML report of a posterior DataTree, atomically.
+
+    Args:
+        tree: a DataTree from ``Posterior.to_datatree()`` or ``ucsciml.load``; a
+            ``predictions`` group with a ``<name>_true`` truth in ``predictions_constant_data``
+            adds the field sections.
+        path: destination ``.html`` file.
+        title: heading; defaults to the case or program name.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: when the tree has no posterior group.
+
+    Example:
+        >>> ucsciml.report(posterior.to_datatree(), "report.html")  # doctest: +SKIP
+    """
+    if not isinstance(tree, xr.DataTree) or "posterior" not in tree.children:
+        raise ValueError(
+            "report(tree, path) needs a DataTree with a 'posterior' group, e.g. "
+            "posterior.to_datatree() or ucsciml.load('run/posterior.nc')"
+        )
+    title = title or str(
+        tree.attrs.get("ucsciml_case") or tree.attrs.get("ucsciml_program", "ucsciml")
+    )
+    diag = diagnostics.check(tree)
+    parts = [f"<h1>{_e(title)}: posterior report</h1>"]
+    sections: list[tuple[str, Callable[[], str]]] = [
+        ("Provenance", lambda: _provenance(tree)),
+        ("Diagnostics", lambda: _diagnostics(tree, diag)),
+        ("Unknown parameters", lambda: _parameters(tree)),
+        ("Posterior predictive checks", lambda: _ppc(tree)),
+        ("Field", lambda: _field(tree)),
+    ]
+    for name, build in sections:
+        try:
+            body = build()
+        except Exception as err:  # a broken section must not lose the rest of the report
+            log.warning("report section %r failed: %s: %s", name, type(err).__name__, err)
+            body = f"<p class='fail'>This section could not be drawn: {_e(type(err).__name__)}: {_e(str(err))}</p>"
+        if body:
+            parts.append(f"<section><h2>{_e(name)}</h2>{body}</section>")
+    document = _PAGE.format(title=_e(title), body="\n".join(parts))
+    return write_text(path, document)
+
+
+# ------------------------------------------------------------------------------------ sections
+
+
+def _provenance(tree: xr.DataTree) -> str:
+    attrs = tree_attr(tree, "ucsciml_attrs", {}) or {}
+    rows = [
+        ("case", tree.attrs.get("ucsciml_case")),
+        ("program", tree.attrs.get("ucsciml_program")),
+        ("backend", tree.attrs.get("ucsciml_backend") or attrs.get("backend")),
+        ("kind", tree.attrs.get("ucsciml_kind")),
+        ("seed", tree.attrs.get("ucsciml_seed")),
+        ("wall time (s)", _num(tree.attrs.get("ucsciml_wall_time_s"))),
+        ("config hash", tree.attrs.get("ucsciml_config_hash")),
+        ("created", attrs.get("created_at")),
+        ("platform", attrs.get("platform")),
+        ("devices", attrs.get("device_count")),
+        ("python", attrs.get("python")),
+    ]
+    settings = attrs.get("settings")
+    if settings:
+        rows.append(("backend settings", json.dumps(settings, sort_keys=True)))
+    versions = attrs.get("versions") or {}
+    rows.extend((f"version: {k}", v) for k, v in versions.items())
+    return _table(["", ""], [(k, v) for k, v in rows if v is not None], header=False)
+
+
+def _diagnostics(tree: xr.DataTree, diag: diagnostics.Diagnostics) -> str:
+    mcmc = diag.kind == "mcmc"
+    header = (
+        ["quantity", "mean", "sd"]
+        + (["R-hat", "ESS bulk", "ESS tail"] if mcmc else [])
+        + ["verdict"]
+    )
+    rows = []
+    for r in diag.rows:
+        row = [r.name, _num(r.mean), _num(r.sd)]
+        if mcmc:
+            row += [_num(r.rhat, ".3f"), _num(r.ess_bulk, ".0f"), _num(r.ess_tail, ".0f")]
+        rows.append([*row, _verdict(r.verdict)])
+    out = [_table(header, rows, raw_last=True)]
+    facts = [f"{diag.kind}: {diag.num_chains} chain(s) × {diag.num_draws} draw(s)"]
+    if diag.divergences is not None:
+        facts.append(f"divergences: {diag.divergences}")
+    if diag.bfmi is not None:
+        facts.append("BFMI per chain: " + ", ".join(f"{b:.2f}" for b in diag.bfmi))
+    if diag.max_treedepth_fraction is not None:
+        facts.append(f"draws at max tree depth: {100 * diag.max_treedepth_fraction:.1f}%")
+    out.append(
+        "<p>" + " · ".join(_e(f) for f in facts) + f" · overall: {_verdict(diag.verdict)}</p>"
+    )
+    if diag.messages:
+        out.append("<ul>" + "".join(f"<li>{_e(m)}</li>" for m in diag.messages) + "</ul>")
+    names = _plot_vars(tree)
+    if mcmc and names and diag.num_chains >= 2:
+        import arviz_plots as azp
+
+        out.append(
+            _figure_or_note("Rank plots", lambda: _azp(azp.plot_rank, tree, var_names=names))
+        )
+        out.append(_figure_or_note("ESS", lambda: _azp(azp.plot_ess, tree, var_names=names)))
+        if "sample_stats" in tree.children and "energy" in tree["sample_stats"].data_vars:
+            out.append(_figure_or_note("Energy", lambda: _azp(azp.plot_energy, tree)))
+    return "".join(out)
+
+
+def _parameters(tree: xr.DataTree) -> str:
+    names = _physical(tree)
+    if not names:
+        return ""
+    truth = (tree_attr(tree, "ucsciml_program_attrs", {}) or {}).get("truth") or {}
+    post = tree["posterior"].to_dataset()
+    rows = []
+    for name in names:
+        values = np.asarray(post[name].values, dtype=float)
+        flat = values.reshape(values.shape[0] * values.shape[1], -1)
+        for j in range(flat.shape[1]):
+            label = name if flat.shape[1] == 1 else f"{name}[{j}]"
+            lo, hi = np.quantile(flat[:, j], [0.05, 0.95])
+            t = _truth_value(truth.get(name), j)
+            inside = "" if t is None else ("inside" if lo <= t <= hi else "<b>OUTSIDE</b>")
+            rows.append(
+                [
+                    label,
+                    _num(flat[:, j].mean()),
+                    _num(flat[:, j].std()),
+                    f"[{lo:.4g}, {hi:.4g}]",
+                    _num(t),
+                    inside,
+                ]
+            )
+    out = [
+        _table(
+            ["parameter", "mean", "sd", "90% interval", "truth", "truth in 90%"],
+            rows,
+            raw_last=True,
+        )
+    ]
+    out.append(
+        _figure_or_note(
+            "Posterior against the truth",
+            lambda: _posterior_vs_truth(post, names[:_MAX_PLOT_VARS], truth),
+        )
+    )
+    return "".join(out)
+
+
+def _ppc(tree: xr.DataTree) -> str:
+    if "posterior_predictive" not in tree.children or "observed_data" not in tree.children:
+        return ""
+    import arviz_plots as azp
+
+    pp = tree["posterior_predictive"].to_dataset()
+    obs = tree["observed_data"].to_dataset()
+    names = [v for v in pp.data_vars if v in obs.data_vars]
+    if not names:
+        return ""
+    out = [
+        _figure_or_note(
+            "Posterior predictive density",
+            lambda: _azp(azp.plot_ppc_dist, tree, var_names=names, num_samples=30),
+        ),
+        _figure_or_note(
+            "PIT ECDF of the observations (arviz-plots, simultaneous envelope)",
+            lambda: _azp(azp.plot_ppc_pit, tree, var_names=names),
+        ),
+    ]
+    for name in names:
+        pred, truth = pp[name], obs[name]
+        out.append(f"<h3>In-sample calibration of {_e(name)} (replicated vs observed data)</h3>")
+        out.append(_calibration_block(cal.scores(pred, truth, LEVELS, full=True), truth))
+    return "".join(out)
+
+
+def _field(tree: xr.DataTree) -> str:
+    if "predictions" not in tree.children:
+        return ""
+    preds = tree["predictions"].to_dataset()
+    consts = (
+        tree["predictions_constant_data"].to_dataset()
+        if "predictions_constant_data" in tree.children
+        else xr.Dataset()
+    )
+    out = []
+    for name in preds.data_vars:
+        pred = preds[name]
+        truth = consts.get(f"{name}_true")
+        grid_dims = [d for d in pred.dims if d not in cal.SAMPLE_DIMS]
+        out.append(
+            f"<h3>{_e(name)} on the evaluation grid ({' × '.join(f'{pred.sizes[d]} {d}' for d in grid_dims)})</h3>"
+        )
+        per_point = None
+        if truth is not None:
+            per_point = cal.scores(pred, truth, LEVELS, full=True)
+            out.append(_calibration_block(per_point, truth))
+            band = cal.simultaneous_band(pred, 0.9)
+            joint = bool(cal.band_covers(band, truth))
+            out.append(
+                f"<p>Simultaneous 90% band (multiplier {float(band.multiplier):.2f} sd): the "
+                f"whole true field is {'inside' if joint else '<b>not</b> inside'} it.</p>"
+            )
+        if len(grid_dims) == 2:
+            out.append(
+                _figure_or_note(
+                    "Mean, sd, error and 90% coverage maps",
+                    lambda pred=pred, truth=truth, pp=per_point: _maps(pred, truth, pp),
+                )
+            )
+    return "".join(out)
+
+
+def _calibration_block(per_point: xr.Dataset, truth) -> str:
+    summary = cal.summarize(per_point, truth)
+    rows = [
+        [f"{round(100 * lv)}%", f"{100 * summary[f'coverage_{round(100 * lv)}']:.1f}%"]
+        for lv in LEVELS
+    ]
+    cov = _table(["nominal", "observed coverage"], rows)
+    scores = _table(
+        ["score", "value"],
+        [
+            ["CRPS (mean)", _num(summary["crps"])],
+            ["NLL (mean, KDE)", _num(summary["nll"])],
+            ["rel. L2 of the mean", _num(summary["rel_l2"])],
+            ["sharpness (mean 90% width)", _num(summary["sharpness_90"])],
+            ["miscalibration area", _num(summary["miscalibration_area"])],
+            ["RMSCE", _num(summary["rmsce"])],
+        ],
+    )
+    figure = _figure_or_note(
+        "Calibration curve and PIT ECDF", lambda: _calibration_figure(per_point.pit)
+    )
+    return f"<div class='row'>{cov}{scores}</div>{figure}"
+
+
+# ------------------------------------------------------------------------------------ figures
+
+
+def _calibration_figure(pit_values):
+    from matplotlib.figure import Figure
+
+    curve = cal.curve_from_pit(pit_values)
+    pit = np.sort(np.asarray(pit_values).ravel())
+    n = pit.size
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="ideal")
+    ax1.plot(curve.nominal, curve.observed, color="C0", lw=2, label="observed")
+    ax1.fill_between(curve.nominal, curve.nominal, curve.observed, color="C0", alpha=0.15)
+    ax1.set(
+        xlabel="nominal central-interval level",
+        ylabel="observed coverage",
+        title="Calibration curve",
+    )
+    ax1.legend(loc="upper left")
+    grid = np.linspace(0, 1, 201)
+    ecdf = np.searchsorted(pit, grid, side="right") / n
+    # Dvoretzky-Kiefer-Wolfowitz: a simultaneous 99% band for the ECDF of n independent
+    # uniforms (exact for independent points; neighbouring grid points are correlated).
+    eps = np.sqrt(np.log(2 / 0.01) / (2 * n))
+    ax2.fill_between(grid, -eps, eps, color="0.85", label="99% envelope (DKW)")
+    ax2.plot(grid, ecdf - grid, color="C1", lw=2, label="ECDF − uniform")
+    ax2.axhline(0, color="0.5", lw=0.8)
+    ax2.set(xlabel="PIT", ylabel="ECDF difference", title=f"PIT ECDF (n = {n})")
+    ax2.legend(loc="lower right")
+    return fig
+
+
+def _maps(pred: xr.DataArray, truth, per_point):
+    from matplotlib.figure import Figure
+
+    grid_dims = [d for d in pred.dims if d not in cal.SAMPLE_DIMS]
+    mean, sd = pred.mean(cal.SAMPLE_DIMS), pred.std(cal.SAMPLE_DIMS)
+    panels = [("posterior mean", mean, "viridis"), ("posterior sd", sd, "magma")]
+    if truth is not None:
+        truth = truth.transpose(*grid_dims)
+        panels.append(("|mean − truth|", np.abs(mean - truth), "magma"))
+        inside = per_point.covered.sel(level=0.9).astype(float)
+        panels.append(("truth inside 90% interval", inside, "RdYlGn"))
+    fig = Figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    ydim, xdim = grid_dims
+    for ax, (label, da, cmap) in zip(axes, panels, strict=True):
+        da = da.transpose(ydim, xdim)
+        xs = da[xdim].values if xdim in da.coords else np.arange(da.sizes[xdim])
+        ys = da[ydim].values if ydim in da.coords else np.arange(da.sizes[ydim])
+        kwargs = {"vmin": 0, "vmax": 1} if cmap == "RdYlGn" else {}
+        mesh = ax.pcolormesh(
+            xs, ys, np.asarray(da.values, dtype=float), cmap=cmap, shading="auto", **kwargs
+        )
+        fig.colorbar(mesh, ax=ax)
+        ax.set(title=label, xlabel=xdim, ylabel=ydim)
+    return fig
+
+
+def _posterior_vs_truth(post: xr.Dataset, names, truth):
+    from matplotlib.figure import Figure
+
+    panels = []
+    for name in names:
+        values = np.asarray(post[name].values, dtype=float)
+        flat = values.reshape(values.shape[0] * values.shape[1], -1)
+        for j in range(min(flat.shape[1], _MAX_PLOT_VARS)):
+            panels.append(
+                (
+                    name if flat.shape[1] == 1 else f"{name}[{j}]",
+                    flat[:, j],
+                    _truth_value(truth.get(name), j),
+                )
+            )
+    panels = panels[:_MAX_PLOT_VARS]
+    fig = Figure(figsize=(3.6 * len(panels), 3.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (label, draws, t) in zip(axes, panels, strict=True):
+        ax.hist(draws, bins=40, color="C0", alpha=0.7, density=True)
+        lo, hi = np.quantile(draws, [0.05, 0.95])
+        ax.axvspan(lo, hi, color="C0", alpha=0.1, label="90% interval")
+        if t is not None:
+            ax.axvline(t, color="C3", lw=2, label="truth")
+        ax.set(title=label, yticks=[])
+        ax.legend(fontsize="small")
+    return fig
+
+
+def _azp(plot_fn, tree, **kwargs):
+    pc = plot_fn(tree, backend="matplotlib", **kwargs)
+    return pc.viz["figure"].item()
+
+
+def _figure_or_note(caption: str, build) -> str:
+    try:
+        fig = build()
+        return f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{_png(fig)}'/><figcaption>{_e(caption)}</figcaption></figure>"
+    except Exception as err:  # plotting libraries raise many types; the report goes on
+        log.warning("report figure %r failed: %s: %s", caption, type(err).__name__, err)
+        return f"<p class='fail'>{_e(caption)}: not drawn ({_e(type(err).__name__)}: {_e(str(err))})</p>"
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    if hasattr(fig, "number"):  # a pyplot-managed figure (arviz-plots): release it
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _physical(tree: xr.DataTree) -> list[str]:
+    post = tree["posterior"].to_dataset()
+    physical = tree_attr(tree, "ucsciml_physical_sites")
+    if physical is None:
+        network = set(tree_attr(tree, "ucsciml_network_sites", []) or [])
+        physical = [v for v in post.data_vars if v not in network]
+    return [str(p) for p in physical if p in post.data_vars]
+
+
+def _plot_vars(tree: xr.DataTree) -> list[str]:
+    post = tree["posterior"].to_dataset()
+    small = [
+        n
+        for n in _physical(tree)
+        if post[n].size // (post.sizes["chain"] * post.sizes["draw"]) <= 4
+    ]
+    return small[:_MAX_PLOT_VARS]
+
+
+def _truth_value(value, index: int):
+    if value is None:
+        return None
+    flat = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
+    return float(flat[index]) if index < flat.size else None
+
+
+def _table(columns, rows, *, header=True, raw_last=False) -> str:
+    head = "" if not header else "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in columns) + "</tr>"
+    body = []
+    for row in rows:
+        cells = (
+            [f"<td>{_e(c)}</td>" for c in row[:-1]]
+            if raw_last
+            else [f"<td>{_e(c)}</td>" for c in row]
+        )
+        if raw_last:
+            cells.append(f"<td>{row[-1]}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _verdict(v: str) -> str:
+    cls = {"pass": "pass", "warn": "warn"}.get(v, "na")
+    return f"<span class='{cls}'>{_e(v)}</span>"
+
+
+def _num(value, spec: str = ".4g") -> str:
+    if value is None:
+        return "–"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return "–" if not np.isfinite(value) else format(value, spec)
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+h1 {{ border-bottom: 2px solid #345; }} h2 {{ color: #345; margin-top: 1.6em; }}
+table {{ border-collapse: collapse; margin: 0.6em 1.2em 0.6em 0; font-size: 0.92em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+th {{ background: #eef2f6; }} .row {{ display: flex; flex-wrap: wrap; align-items: flex-start; }}
+figure {{ margin: 1em 0; }} figure img {{ max-width: 100%; }} figcaption {{ color: #555; }}
+.pass {{ color: #176a17; font-weight: bold; }} .warn {{ color: #b34700; font-weight: bold; }}
+.na {{ color: #666; }} .fail {{ color: #a00; }}
+</style></head>
+<body>
+{body}
+<footer><p>Written by ucsciml. Images are embedded; this file needs nothing else to open.</p></footer>
+</body></html>
+"""
+
+
+# ------------------------------------------------------------------------------------ compare
+
+
+def compare_runs(run_dirs) -> list[dict]:
+    """One row per run directory: backend, time, parameters, field scores and LOO/ELPD.
+
+    ELPD-LOO comes from ``arviz_stats.loo`` (PSIS) where the tree has a ``log_likelihood``
+    group; ``arviz_stats.compare`` ranks the runs when at least two have one. Pareto-k
+    warnings are recorded in the row (``loo_warning``), not raised.
+
+    Raises:
+        FileNotFoundError: when a directory has no ``posterior.nc``.
+    """
+    import warnings
+
+    import arviz_stats as azs
+
+    from ucsciml.posterior import load
+
+    rows, trees = [], {}
+    for run_dir in map(Path, run_dirs):
+        tree = load(run_dir / "posterior.nc")
+        metrics_path = run_dir / "metrics.json"
+        metrics = (
+            json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+        )
+        name = _unique(run_dir.name, [r["run"] for r in rows])
+        row = {
+            "run": name,
+            "path": str(run_dir),
+            "backend": metrics.get("backend") or tree.attrs.get("ucsciml_backend"),
+            "kind": tree.attrs.get("ucsciml_kind"),
+            "wall_time_s": metrics.get("wall_time_s", tree.attrs.get("ucsciml_wall_time_s")),
+            "verdict": (metrics.get("diagnostics") or {}).get("verdict"),
+            "parameters": metrics.get("parameters") or {},
+            "field": metrics.get("field") or {},
+        }
+        if "log_likelihood" in tree.children:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    elpd = azs.loo(tree)
+                    row["elpd_loo"], row["elpd_loo_se"] = float(elpd.elpd), float(elpd.se)
+                    trees[name] = tree
+                except Exception as err:  # LOO is optional: report why it is missing
+                    row["loo_warning"] = f"{type(err).__name__}: {err}"
+            if caught:
+                row["loo_warning"] = "; ".join(sorted({str(w.message) for w in caught}))
+        rows.append(row)
+    if len(trees) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = azs.compare(trees)
+        for row in rows:
+            if row["run"] in table.index:
+                row["loo_rank"] = int(table.loc[row["run"], "rank"])
+                row["elpd_diff"] = float(table.loc[row["run"], "elpd_diff"])
+    return rows
+
+
+def compare_text(rows: list[dict]) -> str:
+    """The comparison as a fixed-width terminal table."""
+    header, body = _compare_cells(rows)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
+    lines = ["  ".join(f"{c:<{w}}" for c, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)) for r in body)
+    notes = [f"{r['run']}: LOO note: {r['loo_warning']}" for r in rows if r.get("loo_warning")]
+    return "\n".join(lines + notes)
+
+
+def compare_html(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Write the comparison as a self-contained HTML page."""
+    header, body = _compare_cells(rows)
+    notes = "".join(
+        f"<li>{_e(r['run'])}: {_e(r['loo_warning'])}</li>" for r in rows if r.get("loo_warning")
+    )
+    parts = [
+        "<h1>Run comparison</h1>",
+        _table(header, body),
+        "<p>Parameters: posterior mean [5%, 95%] (truth). ELPD-LOO: PSIS-LOO expected log "
+        "predictive density of the observed data (higher is better) ± se; rank from "
+        "arviz-stats compare.</p>",
+    ]
+    if notes:
+        parts.append(f"<ul>{notes}</ul>")
+    return write_text(path, _PAGE.format(title="ucsciml compare", body="\n".join(parts)))
+
+
+def _compare_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    params = []
+    for r in rows:
+        params.extend(p for p in r["parameters"] if p not in params)
+    header = ["run", "backend", "kind", "time (s)", "verdict", *params]
+    header += ["rel. L2", "cov. 90%", "CRPS", "NLL", "ELPD-LOO", "LOO rank"]
+    body = []
+    for r in rows:
+        cells = [
+            r["run"],
+            str(r["backend"]),
+            str(r["kind"]),
+            _num(r["wall_time_s"], ".1f"),
+            str(r["verdict"]),
+        ]
+        for p in params:
+            v = r["parameters"].get(p)
+            if v is None:
+                cells.append("–")
+                continue
+            truth = f" ({v['truth']:.4g})" if v.get("truth") is not None else ""
+            cells.append(f"{v['mean']:.4g} [{v['q05']:.4g}, {v['q95']:.4g}]{truth}")
+        f = r["field"]
+        cov = f.get("coverage_90")
+        cells += [
+            _num(f.get("rel_l2")),
+            "–" if cov is None else f"{100 * cov:.1f}%",
+            _num(f.get("crps")),
+            _num(f.get("nll")),
+            "–" if "elpd_loo" not in r else f"{r['elpd_loo']:.2f} ± {r['elpd_loo_se']:.2f}",
+            str(r.get("loo_rank", "–")),
+        ]
+        body.append(cells)
+    return header, body
+
+
+def _unique(name: str, taken: list[str]) -> str:
+    candidate, i = name, 2
+    while candidate in taken:
+        candidate, i = f"{name}-{i}", i + 1
+    return candidate
