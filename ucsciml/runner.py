@@ -1,7 +1,8 @@
 """One run of a case: data -> program -> posterior -> diagnostics -> run directory.
 
-A run directory holds ``config.toml`` (the resolved config), ``posterior.nc`` (the DataTree),
-``metrics.json`` and ``log.txt``; each is written atomically, so a crash never leaves a
+A run directory holds ``config.toml`` (the resolved config), ``posterior.nc`` (the DataTree,
+with the field on the evaluation grid in ``predictions``), ``metrics.json``, ``report.html``
+and ``log.txt``; each is written atomically, so a crash never leaves a
 half-written file. ``resume=True`` reuses a finished ``posterior.nc`` whose config matches,
 and otherwise lets a checkpointing backend (VI) continue from ``checkpoints/``.
 """
@@ -22,14 +23,15 @@ import numpy as np
 import tomli_w
 import xarray as xr
 
+from ucsciml import calibration, diagnostics
 from ucsciml import config as case_config
 from ucsciml import data as sensor_data
-from ucsciml import diagnostics
 from ucsciml._io import write_json, write_text
 from ucsciml.pde.base import AbstractPDE
 from ucsciml.posterior import Posterior, load, save_tree, tree_attr
 from ucsciml.program import compile as compile_program
 from ucsciml.provenance import config_hash
+from ucsciml.report import report
 
 log = logging.getLogger("ucsciml")
 
@@ -149,6 +151,8 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         save_tree(tree, posterior_path)
     handler.flush()
     diag = diagnostics.check(tree)
+    grid, field_key = cfg["evaluation"]["grid"], jax.random.fold_in(key, 2)
+    prediction = field_prediction(posterior, pde, grid, field_key)
     metrics = {
         "case": cfg["case"]["name"],
         "backend": backend_name,
@@ -158,11 +162,13 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         "resumed": reused,
         "diagnostics": diag.to_dict(),
         "parameters": parameter_table(tree, pde),
-        "field": field_metrics(
-            posterior, pde, cfg["evaluation"]["grid"], jax.random.fold_in(key, 2)
-        ),
+        "field": field_metrics(posterior, pde, grid, field_key, prediction=prediction),
     }
     write_json(run_dir / "metrics.json", metrics)
+    if prediction is not None and "predictions" not in tree.children:
+        tree = with_predictions(tree, prediction)
+        save_tree(tree, posterior_path)
+    _write_report(tree, run_dir / "report.html")
     log.info("diagnostics: %s", diag.verdict)
     for message in diag.messages:
         log.warning("%s", message)
@@ -195,23 +201,72 @@ def parameter_table(tree: xr.DataTree, pde: AbstractPDE) -> dict[str, dict[str, 
     return out
 
 
-def field_metrics(posterior: Posterior, pde: AbstractPDE, grid: list[int], key) -> dict[str, float]:
-    """Relative L2 error of the posterior-mean field and 90% coverage of the true field."""
+def field_prediction(
+    posterior: Posterior, pde: AbstractPDE, grid: list[int], key
+) -> xr.Dataset | None:
+    """Predictive draws of ``u`` on the evaluation grid with the true field, or ``None``
+    when the PDE has no reference solution.
+
+    Returns:
+        ``Dataset`` with ``u`` ``(chain, draw, *coords)`` and ``u_true`` ``(*coords)``, the
+        grid's coordinate values attached.
+    """
     try:
         points = evaluation_grid(pde, grid)
         truth = pde.solve(points)
     except (NotImplementedError, ValueError):
-        return {}
+        return None
     pred = posterior.predict(points, key, sites=("u",))["u"].values
-    flat = pred.reshape(-1, pred.shape[-1])
-    mean = flat.mean(axis=0)
-    lo, hi = np.quantile(flat, [0.05, 0.95], axis=0)
+    sizes = [int(n) for n in grid]
+    coords = {c: np.linspace(*pde.domain[c], n) for c, n in zip(pde.coords, sizes, strict=True)}
+    dims = tuple(pde.coords)
+    return xr.Dataset(
+        {
+            "u": (("chain", "draw", *dims), pred.reshape(*pred.shape[:2], *sizes)),
+            "u_true": (dims, np.asarray(truth).reshape(sizes)),
+        },
+        coords=coords,
+    )
+
+
+def with_predictions(tree: xr.DataTree, prediction: xr.Dataset) -> xr.DataTree:
+    """The tree with ``predictions`` (field draws) and ``predictions_constant_data`` (truth)."""
+    tree = tree.copy()
+    tree["predictions"] = xr.DataTree(prediction[["u"]])
+    tree["predictions_constant_data"] = xr.DataTree(prediction[["u_true"]])
+    return tree
+
+
+def field_metrics(
+    posterior: Posterior,
+    pde: AbstractPDE,
+    grid: list[int],
+    key,
+    *,
+    prediction: xr.Dataset | None = None,
+) -> dict[str, float]:
+    """Scores of the predictive field against the true field on the evaluation grid.
+
+    Relative L2 error of the mean, coverage at 50/90/95%, mean 90% width, CRPS, NLL (KDE)
+    and miscalibration area from :func:`ucsciml.calibration.summary`.
+    """
+    if prediction is None:
+        prediction = field_prediction(posterior, pde, grid, key)
+    if prediction is None:
+        return {}
+    scores = calibration.summary(prediction["u"], prediction["u_true"])
     return {
-        "rel_l2": float(np.linalg.norm(mean - truth) / np.linalg.norm(truth)),
-        "coverage_90": float(np.mean((truth >= lo) & (truth <= hi))),
-        "mean_width_90": float(np.mean(hi - lo)),
-        "grid_points": int(points.shape[0]),
+        **scores,
+        "mean_width_90": scores["sharpness_90"],
+        "grid_points": int(prediction["u_true"].size),
     }
+
+
+def _write_report(tree: xr.DataTree, path: Path) -> None:
+    try:
+        report(tree, path)
+    except Exception as err:  # the run's results are saved; a report failure must not lose them
+        log.error("report.html not written: %s: %s", type(err).__name__, err)
 
 
 def _with_checkpoints(backend, run_dir: Path, resume: bool):
