@@ -150,6 +150,73 @@ def simulate(
     return x, x + noise_std * rng.standard_normal(x.shape)
 
 
+class FOUKalman(dist.Distribution):
+    """Observations of the MA-fBM fOU at fixed times: ``log_prob`` by the Kalman filter,
+    ``sample`` by the exact transitions. One event of shape ``(M,)``.
+
+    A distribution rather than ``numpyro.factor`` so the observed site also yields
+    posterior-predictive replicates (ArviZ's ``posterior_predictive`` group).
+    """
+
+    support = dist.constraints.real_vector
+
+    def __init__(self, times, *, theta, sigma, hurst, noise_std, x0, gammas, horizon, kind):
+        self.times = np.asarray(times, np.float64)
+        self.theta, self.sigma, self.hurst = theta, sigma, hurst
+        self.noise_std, self.x0, self.gammas, self.horizon, self.kind = (
+            noise_std,
+            x0,
+            tuple(gammas),
+            horizon,
+            kind,
+        )
+        super().__init__(batch_shape=(), event_shape=(self.times.shape[0],))
+
+    def _kwargs(self):
+        return dict(
+            theta=self.theta,
+            sigma=self.sigma,
+            hurst=self.hurst,
+            noise_std=self.noise_std,
+            x0=self.x0,
+            gammas=self.gammas,
+            horizon=self.horizon,
+            kind=self.kind,
+        )
+
+    def log_prob(self, value):
+        return kalman_log_likelihood(value, self.times, **self._kwargs())
+
+    def sample(self, key, sample_shape=()):
+        if sample_shape:
+            keys = jax.random.split(key, int(np.prod(sample_shape)))
+            draws = jax.vmap(lambda k: self.sample(k))(keys)
+            return draws.reshape(tuple(sample_shape) + self.event_shape)
+        dtype = jnp.result_type(float)
+        omega = _mafbm.omega(jnp.asarray(self.hurst, dtype), self.horizon, self.gammas, self.kind)
+        steps = np.diff(np.concatenate([[0.0], self.times]))
+        phis, Qs = jax.vmap(lambda d: transition(self.theta, self.sigma, omega, self.gammas, d))(
+            jnp.asarray(steps, dtype)
+        )
+        n = len(self.gammas) + 1
+        k0, k_steps, k_obs = jax.random.split(key, 3)
+        chol0 = jnp.linalg.cholesky(
+            initial_covariance(self.gammas, self.kind, dtype) + 1e-9 * jnp.eye(n)
+        )
+        z0 = jnp.zeros((n,), dtype).at[0].set(self.x0) + chol0 @ jax.random.normal(k0, (n,), dtype)
+
+        def step(z, inputs):
+            phi, Q, k = inputs
+            # eigh, not Cholesky: Q is only positive semi-definite in float32 for short steps
+            vals, vecs = jnp.linalg.eigh(Q)
+            noise = vecs @ (jnp.sqrt(jnp.clip(vals, 0.0)) * jax.random.normal(k, (n,), dtype))
+            z = phi @ z + noise
+            return z, z[0]
+
+        _, xs = jax.lax.scan(step, z0, (phis, Qs, jax.random.split(k_steps, steps.shape[0])))
+        return xs + self.noise_std * jax.random.normal(k_obs, xs.shape, dtype)
+
+
 def fou_program(
     times,
     values,
@@ -165,12 +232,14 @@ def fou_program(
     r"""NumPyro program of the fOU posterior with the exact Kalman likelihood.
 
     .. math:: g \sim \mathcal N(0, 1),\ H = \mathrm{sigmoid}(g),\ θ \sim \mathrm{LogNormal}(0, 1),
-        \ σ \sim \mathrm{LogNormal}(0, 1),\ \text{factor}(\log p(y \mid θ, σ, H)).
+        \ σ \sim \mathrm{LogNormal}(0, 1),\ y \sim \text{FOUKalman}(θ, σ, H).
 
     These priors match the variational fit's defaults (:func:`._fbm_vi.default_priors`), so
     both posteriors target the same distribution. Sites: ``hurst_logit``, ``theta``,
-    ``sigma`` (latent), ``H`` (deterministic), ``loglik`` (factor). The observation times
-    are fixed when the program is built (one matrix exponential per distinct step).
+    ``sigma`` (latent), ``H`` (deterministic), ``y`` (observed, :class:`FOUKalman`: the
+    Kalman log-likelihood; equivalent to ``numpyro.factor`` of it, but it can also be
+    sampled). The observation times are fixed when the program is built (one matrix
+    exponential per distinct step).
     """
     times = np.asarray(times, np.float32)
     values = np.asarray(values, np.float32)
@@ -188,22 +257,21 @@ def fou_program(
         hurst = numpyro.deterministic("H", jax.nn.sigmoid(hurst_logit))
         theta = numpyro.sample("theta", dist.LogNormal(0.0, 1.0))
         sigma = numpyro.sample("sigma", dist.LogNormal(0.0, 1.0))
-        if targets is not None:
-            numpyro.factor(
-                "loglik",
-                kalman_log_likelihood(
-                    targets,
-                    times,
-                    theta=theta,
-                    sigma=sigma,
-                    hurst=hurst,
-                    noise_std=noise_std,
-                    x0=x0,
-                    gammas=gammas,
-                    horizon=horizon,
-                    kind=kind,
-                ),
-            )
+        numpyro.sample(
+            "y",
+            FOUKalman(
+                times,
+                theta=theta,
+                sigma=sigma,
+                hurst=hurst,
+                noise_std=noise_std,
+                x0=x0,
+                gammas=gammas,
+                horizon=horizon,
+                kind=kind,
+            ),
+            obs=targets,
+        )
 
     return Program.from_numpyro(
         model,
