@@ -39,12 +39,14 @@ def num_shards(num_chains: int) -> int:
     return n
 
 
-def map_chains(fn: Callable, num_chains: int) -> Callable:
+def map_chains(fn: Callable, num_chains: int, shard: bool = True) -> Callable:
     """Lift a one-chain ``fn(args)`` to all chains: ``vmap``, or ``shard_map(vmap)``.
+
+    With ``shard=False`` every chain runs vmapped on the default device.
 
     The returned callable takes ``args`` whose leaves have a leading chain axis.
     """
-    shards = num_shards(num_chains)
+    shards = num_shards(num_chains) if shard else 1
     if shards == 1:
         return jax.vmap(fn)
     mesh = jax.make_mesh((shards,), ("chain",))

@@ -48,6 +48,8 @@ class NUTS:
         map_steps, map_learning_rate: the MAP fit's Adam settings.
         map_lbfgs_steps: L-BFGS steps polishing each chain's MAP after Adam (0: none).
         progress_bar: show progress (NumPyro engine).
+        shard: split chains across devices when there are several and they divide the
+            chains; ``False`` vmaps every chain on one device.
 
     Example:
         >>> posterior = NUTS(num_warmup=200, num_samples=200).run(program, jax.random.key(0))
@@ -69,6 +71,7 @@ class NUTS:
     map_learning_rate: float = 1e-2
     map_lbfgs_steps: int = 0
     progress_bar: bool = True
+    shard: bool = True
 
     def __post_init__(self):
         for name in (
@@ -116,8 +119,11 @@ class NUTS:
             key=predictive_key,
             sample_stats=stats,
             kind="mcmc",
-            attrs=provenance(backend="nuts", settings=settings, shards=num_shards(self.num_chains)),
+            attrs=provenance(backend="nuts", settings=settings, shards=self._shards()),
         )
+
+    def _shards(self) -> int:
+        return num_shards(self.num_chains) if self.shard else 1
 
     def _initial_positions(self, pot, keys):
         starts = jax.vmap(lambda k: pot.init(jax.random.fold_in(k, 1)))(keys)
@@ -128,6 +134,7 @@ class NUTS:
                 pot.potential_fn, z, self.map_steps, self.map_learning_rate, self.map_lbfgs_steps
             ),
             self.num_chains,
+            self.shard,
         )
         z, losses = fit(starts)
         final = np.asarray(losses[:, -1])
@@ -147,7 +154,7 @@ class NUTS:
             dense_mass=self.dense_mass,
         )
         chain_method = "vectorized"
-        if num_shards(self.num_chains) > 1:
+        if self._shards() > 1:
             chain_method = lambda f: map_chains(f, self.num_chains)  # noqa: E731
         mcmc = MCMC(
             kernel,
@@ -207,7 +214,7 @@ class NUTS:
             constrained = jax.vmap(pot.postprocess_fn)(states.position)
             return constrained, infos, states.logdensity, parameters["step_size"]
 
-        samples, infos, lp, step_size = map_chains(one_chain, self.num_chains)((keys, init_params))
+        samples, infos, lp, step_size = map_chains(one_chain, self.num_chains, self.shard)((keys, init_params))
         depth = np.asarray(infos.num_trajectory_expansions)
         stats = {
             "diverging": np.asarray(infos.is_divergent),
