@@ -1,0 +1,168 @@
+"""Tests for the spectral-mixture GP PDE solver (GP-HM): kernels, Kronecker algebra, solves."""
+
+from __future__ import annotations
+
+import gpjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ucsciml.models import _gp_solve, _kron
+from ucsciml.models import _spectral_kernels as sk
+from ucsciml.models.spectral_gp import SpectralGP
+from ucsciml.pde.allen_cahn import AllenCahn1D
+from ucsciml.pde.manufactured import sin_solution
+from ucsciml.pde.poisson import Poisson1D, Poisson2D
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    # The grid covariances are near-singular by design (narrow spectral peaks): float64 only.
+    with jax.enable_x64(True):
+        yield
+
+
+def _params(kind, q=3):
+    key = jax.random.key(0)
+    k1, k2, k3 = jax.random.split(key, 3)
+    mu = jax.random.uniform(k2, (q,), minval=0.5, maxval=3.0) if kind in sk.MIXTURES else None
+    return sk.KernelParams(
+        eta=jax.random.normal(k1, (q,)) * 0.3,
+        mu=mu if mu is not None else jnp.zeros(q),
+        log_ell=jnp.log(jax.random.uniform(k3, (q,), minval=0.3, maxval=1.5)),
+    )
+
+
+@pytest.mark.parametrize("kind", sk.KINDS)
+@pytest.mark.parametrize("order", [1, 2])
+def test_kernel_derivatives_match_finite_differences(kind, order):
+    params = _params(kind)
+    # Lags away from 0 (|r| kink of the Matern envelope) and r = 0 itself, where the
+    # closed form must equal the two-sided limit.
+    r = jnp.concatenate([jnp.linspace(-2.0, -0.05, 20), jnp.zeros(1), jnp.linspace(0.05, 2.0, 20)])
+    h = 1e-5
+    lower = sk.kernel(kind, params, r + h, order - 1)
+    upper = sk.kernel(kind, params, r - h, order - 1)
+    fd = (lower - upper) / (2 * h)
+    exact = sk.kernel(kind, params, r, order)
+    # Central differences: O(h^2 k''') ~ 1e-9 truncation plus 1e-16/h round-off ~ 1e-11,
+    # relative to kernel values of order 1-100; 1e-6 leaves a wide margin and would still
+    # catch any wrong term (those are O(1)).
+    np.testing.assert_allclose(exact, fd, rtol=1e-6, atol=1e-6 * float(jnp.max(jnp.abs(exact))))
+
+
+@pytest.mark.parametrize(
+    ("kind", "oracle"), [("matern", gpjax.kernels.Matern52), ("se", gpjax.kernels.RBF)]
+)
+def test_baseline_kernels_match_gpjax(kind, oracle):
+    params = sk.KernelParams(jnp.log(jnp.array([1.7])), jnp.zeros(1), jnp.log(jnp.array([0.4])))
+    x = jnp.linspace(0.0, 2.0, 7)
+    ours = sk.gram(kind, params, x, x)
+    theirs = oracle(lengthscale=0.4, variance=1.7).gram(x[:, None]).to_dense()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_kron_logpdf_and_derivatives_match_dense():
+    params = [_params("student_t"), _params("gaussian", q=2)]
+    axes = [jnp.linspace(0.0, 1.0, 5), jnp.linspace(0.0, 2.0, 4)]
+    covs = [
+        sk.gram(k, p, x, x) + 1e-6 * jnp.eye(x.size)
+        for k, p, x in zip(["student_t", "gaussian"], params, axes, strict=True)
+    ]
+    chols = [jnp.linalg.cholesky(c) for c in covs]
+    u = jax.random.normal(jax.random.key(1), (5, 4))
+    dense_cov = _kron.kron_dense(covs)
+    sign, logdet = jnp.linalg.slogdet(dense_cov)
+    vec = u.ravel()
+    dense = -0.5 * vec @ jnp.linalg.solve(dense_cov, vec) - 0.5 * logdet - 10 * jnp.log(2 * jnp.pi)
+    # Same quantity by two exact routes; only float64 round-off separates them.
+    np.testing.assert_allclose(_kron.kron_logpdf(chols, u), dense, rtol=1e-9)
+    ops = [
+        {
+            2: _kron.derivative_operator(
+                sk.gram("student_t", params[0], axes[0], axes[0], 2), chols[0]
+            )
+        },
+        {
+            1: _kron.derivative_operator(
+                sk.gram("gaussian", params[1], axes[1], axes[1], 1), chols[1]
+            )
+        },
+    ]
+    mixed = _kron.grid_derivative(ops, (2, 1), u)
+    dense_op = jnp.kron(ops[0][2], ops[1][1])
+    np.testing.assert_allclose(mixed.ravel(), dense_op @ vec, rtol=1e-9, atol=1e-9)
+
+
+def _rel_l2(a, b):
+    return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
+
+
+def test_low_frequency_poisson_solve_and_band():
+    pde = Poisson1D(solution=sin_solution(20.0))
+    model = SpectralGP(pde=pde, grid=(100,), num_components=30)
+    result = _gp_solve.fit(model, num_steps=150, learning_rate=1e-2)
+    xs = np.linspace(0.0, 2 * np.pi, 501)
+    mean, sd = _gp_solve.predict(model, result, (xs,))
+    truth = pde.solve(xs[:, None])
+    # Acceptance threshold of the issue (measured ~1e-4 here); a failed kernel fit gives O(1).
+    assert _rel_l2(mean, truth) < 1e-2
+    # The learned spectral peak sits at the solution's frequency, 20 / 2 pi cycles per unit.
+    weights = np.exp(result.sites["eta_x"])
+    assert abs(result.sites["mu_x"][np.argmax(weights)] / (20 / (2 * np.pi)) - 1) < 0.01
+    assert np.all(np.isfinite(sd)) and np.all(sd > 0)
+    assert np.mean(np.abs(mean - truth) <= 1.96 * sd) >= 0.9
+
+
+def test_joint_adam_runs_on_nonlinear_pde():
+    model = SpectralGP(pde=AllenCahn1D(solution=sin_solution(2.0)), grid=(24,), num_components=4)
+    result = _gp_solve.fit(model, num_steps=5, method="joint")
+    assert result.losses.shape == (5,) and bool(jnp.all(jnp.isfinite(result.losses)))
+    with pytest.raises(ValueError, match="nonlinear"):
+        _gp_solve.fit(model, num_steps=5, method="alternating")
+
+
+def test_cg_solve_matches_dense_on_small_2d_grid():
+    model = SpectralGP(pde=Poisson2D(), grid=(12, 10), num_components=3, max_frequency=0.3)
+    program = model.compile()
+    theta = {k: v for k, v in model.init_params().items() if k != "u_grid"}
+    system = _gp_solve.linear_system(model, theta, program.inputs, program.targets)
+    z_dense, _ = _gp_solve.solve_dense(system, model.grid)
+    z_cg = _gp_solve.solve_cg(system, model.grid, system.y, jnp.zeros(model.grid), 1e-12, 5000)
+    np.testing.assert_allclose(
+        z_cg, z_dense, rtol=1e-6, atol=1e-6 * float(jnp.max(jnp.abs(z_dense)))
+    )
+
+
+def test_coarse_grid_warns_with_points_per_period_limit():
+    with pytest.warns(UserWarning, match="~3 points per period"):
+        SpectralGP(pde=Poisson1D(), grid=(100,), max_frequency=100 / (2 * np.pi))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"grid": (1, 2)}, ValueError, "grid"),
+        ({"kernel": "rbf"}, ValueError, "kernel"),
+        ({"num_components": 0}, ValueError, "num_components"),
+        ({"jitter": 0.0}, ValueError, "jitter"),
+    ],
+)
+def test_bad_configuration_raises(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        SpectralGP(pde=Poisson1D(solution=sin_solution(1.0)), **{"grid": (50,), **kwargs})
+
+
+def test_program_traces_with_documented_sites():
+    model = SpectralGP(pde=Poisson1D(solution=sin_solution(1.0)), grid=(20,), num_components=2)
+    program = model.compile()
+    assert set(program.latent_sites()) == {
+        "eta_x",
+        "mu_x",
+        "log_ell_x",
+        "log_tau1",
+        "log_tau2",
+        "u_grid",
+    }
+    assert program.observed == ("boundary",)
