@@ -2,5 +2,6 @@
 
 from ucsciml.models import fbm_sde
 from ucsciml.models.bpinn import BayesianPINN
+from ucsciml.models.spectral_gp import SpectralGP
 
-__all__ = ["BayesianPINN", "fbm_sde"]
+__all__ = ["BayesianPINN", "SpectralGP", "fbm_sde"]

@@ -1,5 +1,7 @@
 """PDEs: named derivatives in, residual out; parameters known or :class:`Unknown`."""
 
+from ucsciml.pde.advection import Advection
+from ucsciml.pde.allen_cahn import AllenCahn1D, AllenCahn2D
 from ucsciml.pde.autodiff import derivatives
 from ucsciml.pde.base import AbstractPDE, Unknown, derivative_indices
 from ucsciml.pde.burgers import NU_RAISSI, Burgers, burgers_cole_hopf
@@ -13,9 +15,15 @@ from ucsciml.pde.gpme import (
     mass_rhs,
 )
 from ucsciml.pde.heat import Heat
+from ucsciml.pde.manufactured import AbstractManufacturedPDE
+from ucsciml.pde.poisson import Poisson1D, Poisson2D
 
 __all__ = [
     "NU_RAISSI",
+    "AbstractManufacturedPDE",
+    "Advection",
+    "AllenCahn1D",
+    "AllenCahn2D",
     "AbstractConservationLaw",
     "AbstractPDE",
     "Burgers",
@@ -23,6 +31,8 @@ __all__ = [
     "GPMEHeat",
     "Heat",
     "LinearAdvection",
+    "Poisson1D",
+    "Poisson2D",
     "PorousMedium",
     "Stefan",
     "Unknown",
