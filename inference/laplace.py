@@ -42,9 +42,12 @@ class Laplace:
     (``O(d)`` memory, ``d`` HVPs of time), giving a mean-field Gaussian that ignores weight
     correlations, so it understates the uncertainty of correlated directions.
     ``"auto"`` picks full up to ``max_full_dim`` unconstrained dimensions.
-    A Hessian that is not positive definite (the optimiser stopped at a saddle, or a flat
-    direction) has its eigenvalues floored at ``min_eigenvalue``; the number floored is
-    logged and stored in ``Posterior.attrs["optimization"]``.
+    A Hessian that is not positive definite (the optimiser stopped near a saddle, common for
+    networks) is repaired as in saddle-free Newton: eigenvalues are replaced by
+    ``max(|lambda|, min_eigenvalue)``. The default floor 1 is a prior-scale precision: at a
+    true minimum the prior term alone (e.g. ``N(0, s^2)`` weights, ``s <= 1``) contributes
+    at least ``1/s^2`` in every direction, so a smaller eigenvalue signals a saddle, not
+    certainty. The count repaired is logged and stored in ``Posterior.attrs["optimization"]``.
 
     Args:
         map_steps: Adam steps to the mode.
@@ -53,7 +56,8 @@ class Laplace:
         num_samples: Gaussian draws.
         hessian: ``"auto"``, ``"full"`` or ``"diagonal"``.
         max_full_dim: largest dimension ``"auto"`` treats with the full Hessian.
-        min_eigenvalue: floor on Hessian eigenvalues (precision, in unconstrained units).
+        min_eigenvalue: floor on the magnitude of Hessian eigenvalues (a precision in
+            unconstrained units; 1 caps any direction's sd at 1).
 
     Example:
         >>> posterior = Laplace().run(program, jax.random.key(0))  # doctest: +SKIP
@@ -70,7 +74,7 @@ class Laplace:
     num_samples: int = 1000
     hessian: Literal["auto", "full", "diagonal"] = "auto"
     max_full_dim: int = 4000
-    min_eigenvalue: float = 1e-6
+    min_eigenvalue: float = 1.0
 
     def __post_init__(self):
         low = {"map_steps": 0, "lbfgs_steps": 0, "num_samples": 1, "max_full_dim": 1}
@@ -129,7 +133,8 @@ class Laplace:
         if floored:
             log.warning(
                 "Laplace: %d of %d Hessian eigenvalues were below %g (smallest %.3g) and were "
-                "floored: the mode is a saddle or has flat directions; the Gaussian is wide there",
+                "replaced by max(|eigenvalue|, floor): the fit stopped near a saddle or flat "
+                "direction; more map_steps/lbfgs_steps may help",
                 floored,
                 dim,
                 self.min_eigenvalue,
@@ -172,14 +177,14 @@ def _precision(flat_potential, mode: jax.Array, form: str) -> jax.Array:
 
 
 def _gaussian_draws(key, mode, precision, num_samples, floor):
-    """Draws ``mode + H^{-1/2} eps`` with eigenvalues of ``H`` floored at ``floor``."""
+    """Draws ``mode + H^{-1/2} eps`` with eigenvalues of ``H`` set to ``max(|l|, floor)``."""
     eps = jax.random.normal(key, (num_samples, mode.shape[0]), dtype=mode.dtype)
     if precision.ndim == 1:
         eigenvalues = precision
-        scaled = eps / jnp.sqrt(jnp.maximum(eigenvalues, floor))
+        scaled = eps / jnp.sqrt(jnp.maximum(jnp.abs(eigenvalues), floor))
     else:
         symmetric = 0.5 * (precision + precision.T)
         eigenvalues, vectors = jnp.linalg.eigh(symmetric)
-        scaled = (eps / jnp.sqrt(jnp.maximum(eigenvalues, floor))) @ vectors.T
+        scaled = (eps / jnp.sqrt(jnp.maximum(jnp.abs(eigenvalues), floor))) @ vectors.T
     floored = int(jnp.sum(eigenvalues < floor))
     return mode + scaled, floored, float(jnp.min(eigenvalues))

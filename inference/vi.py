@@ -196,7 +196,8 @@ class VI:
         )
         params = svi.get_params(svi_state)
         latent = guide.sample_posterior(draw_key, params, *args, sample_shape=(self.num_samples,))
-        latent = {k: v for k, v in latent.items() if k in program.latent_sites()}
+        sites = set(program.latent_sites())
+        latent = {k: v for k, v in latent.items() if k in sites}
         draws = with_deterministics(program, latent, det_key)
         optimization = self._optimization_record(np.asarray(losses), start)
         settings = dataclasses.asdict(self)
