@@ -236,9 +236,8 @@ class _ConjugateBackend:
         precision = np.eye(2) + x.T @ x / 0.25
         cov = np.linalg.inv(precision)
         mean = cov @ x.T @ y / 0.25
-        draws = np.asarray(
-            jax.random.multivariate_normal(key, jnp.asarray(mean), jnp.asarray(cov), (2, 100))
-        )
+        seed = np.asarray(jax.random.key_data(key)).ravel()
+        draws = np.random.default_rng(seed).multivariate_normal(mean, cov, size=(2, 100))
         return uq.Posterior({"beta": draws}, program, key)
 
 

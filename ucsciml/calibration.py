@@ -125,6 +125,31 @@ def _rows(row_fn, pred, truth, params=(), sample_dims=SAMPLE_DIMS, chunk=_CHUNK)
 # ----------------------------------------------------------------------- pointwise row kernels
 
 
+def _host_sort(x):
+    return jax.pure_callback(
+        lambda a: np.sort(a, axis=-1),
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
+        x,
+        vmap_method="expand_dims",
+    )
+
+
+def _sort(x):
+    # XLA's CPU sort is ~20x slower than NumPy's for many short rows (measured: 100k x 200
+    # in 14.5 s vs 0.73 s), so on CPU the sort goes to NumPy through a callback; GPUs and
+    # TPUs keep XLA's sort.
+    return jax.lax.platform_dependent(x, cpu=_host_sort, default=jnp.sort)
+
+
+def _quantile_sorted(xs, probs):
+    """Linear-interpolation quantiles (NumPy's default) of already sorted draws."""
+    pos = probs * (xs.shape[0] - 1)
+    lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, xs.shape[0] - 1)
+    hi = jnp.clip(lo + 1, 0, xs.shape[0] - 1)
+    frac = (pos - lo).astype(xs.dtype)
+    return xs[lo] * (1 - frac) + xs[hi] * frac
+
+
 def _pit_row(x, y, _):
     return (jnp.sum(x < y) + 0.5 * jnp.sum(x == y)) / x.shape[0]
 
@@ -133,7 +158,7 @@ def _crps_row(x, y, _):
     # Energy form with the fair (unbiased) estimator of E|X - X'|; the pairwise sum is
     # O(S log S) from sorted draws: sum_{i,j} |x_i - x_j| = 2 sum_i (2i - S - 1) x_(i).
     s = x.shape[0]
-    xs = jnp.sort(x)
+    xs = _sort(x)
     i = jnp.arange(1, s + 1, dtype=x.dtype)
     spread = 2.0 * jnp.sum((2.0 * i - s - 1.0) * xs) / (s * (s - 1))
     return jnp.mean(jnp.abs(x - y)) - 0.5 * spread
@@ -141,7 +166,7 @@ def _crps_row(x, y, _):
 
 def _kde_logpdf_row(x, y, _):
     s = x.shape[0]
-    q25, q75 = jnp.quantile(x, jnp.array([0.25, 0.75]))
+    q25, q75 = _quantile_sorted(_sort(x), jnp.array([0.25, 0.75]))
     scale = jnp.minimum(jnp.std(x), (q75 - q25) / 1.349)
     scale = jnp.where(scale > 0, scale, jnp.maximum(jnp.std(x), 1e-12))
     bandwidth = 0.9 * scale * s ** (-0.2)
@@ -149,7 +174,7 @@ def _kde_logpdf_row(x, y, _):
 
 
 def _quantile_row(x, _y, probs):
-    return jnp.quantile(x, probs)
+    return _quantile_sorted(_sort(x), probs)
 
 
 def _scores_row(x, y, levels):
@@ -163,7 +188,7 @@ def _scores_row(x, y, levels):
 
 def _full_scores_row(x, y, levels):
     out = _scores_row(x, y, levels)
-    lo, hi = jnp.quantile(x, jnp.array([0.05, 0.95]))
+    lo, hi = _quantile_sorted(_sort(x), jnp.array([0.05, 0.95]))
     out.update(nll=-_kde_logpdf_row(x, y, None), width_90=hi - lo, mean=jnp.mean(x))
     return out
 
