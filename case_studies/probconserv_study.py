@@ -111,9 +111,9 @@ def evaluate(problem, key, num_functions: int = 50, num_points: int = 201):
         }
         if level is not None and method in ("base", "probconserv_full"):
             if method == "base":
-                draws = jax.vmap(
-                    lambda k, m, c: jax.random.multivariate_normal(k, m, c, (200,), method="eigh")
-                )(jax.random.split(draw_key, num_functions), mean, cov)
+                draws = jax.vmap(lambda k, m, c: pc.sample_gaussian(k, m, c, 200))(
+                    jax.random.split(draw_key, num_functions), mean, cov
+                )
             else:
                 draws = jax.vmap(lambda k, m, c: pc.sample(k, m, c, G, b, 0.0, 200))(
                     jax.random.split(draw_key, num_functions), mean, cov

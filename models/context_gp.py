@@ -35,7 +35,12 @@ from scipy.optimize import minimize
 
 from ucsciml._types import Array, Float, PRNGKey
 
-_BOUNDS = {"lengthscale": (0.01, 10.0), "amplitude": (1e-3, 10.0), "noise": (1e-4, 1.0)}
+# Bounds in standardised units (inputs scaled to [0, 1], targets to unit variance). Noise sd
+# >= 1e-2 (variance >= 1e-4, gpytorch's default floor) and amplitude >= 0.1: with noise-free
+# context data, smaller floors let the fit interpolate, or (all Stefan contexts ahead of the
+# front, all zero) shrink the prior to nothing, and the predictive variance collapses
+# (measured mean LL ~ -1e10 on Stefan). Lengthscales <= 2 domain widths.
+_BOUNDS = {"lengthscale": (0.01, 2.0), "amplitude": (0.1, 10.0), "noise": (1e-2, 1.0)}
 
 
 class GPFit(NamedTuple):
@@ -107,7 +112,10 @@ def fit(
         raise ValueError(
             f"fit needs inputs (m, d) and targets (m,); got {inputs.shape} and {targets.shape}"
         )
-    offset, scale = float(targets.mean()), float(max(targets.std(), 1e-12))
+    # Constant context values (e.g. every Stefan context point ahead of the front) carry no
+    # scale: fall back to unit scale rather than collapse the prior variance to ~0.
+    spread = float(targets.std())
+    offset, scale = float(targets.mean()), spread if spread > 1e-8 else 1.0
     y = (targets - offset) / scale
     d = inputs.shape[1]
     theta0 = np.log([init_lengthscale] * d + [1.0, 0.1])

@@ -280,6 +280,18 @@ def condition_draws(
 
 
 @partial(jax.jit, static_argnames=("num_draws",))
+def sample_gaussian(
+    key: PRNGKey, mean: Float[Array, " n"], cov: Float[Array, "n n"], num_draws: int = 100
+) -> Float[Array, "s n"]:
+    """Draws of :math:`\\mathcal N(\\mu, \\Sigma)` by a Cholesky factor with a relative jitter of
+    1e-10 (base-model covariances are often singular to round-off)."""
+    n = jnp.shape(mean)[-1]
+    scale = jnp.max(jnp.abs(jnp.diagonal(cov)))
+    chol = jnp.linalg.cholesky(cov + 1e-10 * scale * jnp.eye(n, dtype=cov.dtype))
+    return mean + jax.random.normal(key, (num_draws, n), cov.dtype) @ chol.T
+
+
+@partial(jax.jit, static_argnames=("num_draws",))
 def sample(
     key: PRNGKey,
     mean: Float[Array, " n"],
@@ -295,10 +307,7 @@ def sample(
     eigen-decomposition of the singular :math:`\\tilde\\Sigma` would not guarantee.
     """
     prior_key, noise_key = jax.random.split(key)
-    n = jnp.shape(mean)[-1]
-    scale = jnp.max(jnp.abs(jnp.diagonal(cov)))
-    chol = jnp.linalg.cholesky(cov + 1e-12 * scale * jnp.eye(n, dtype=cov.dtype))
-    prior = mean + jax.random.normal(prior_key, (num_draws, n), cov.dtype) @ chol.T
+    prior = sample_gaussian(prior_key, mean, cov, num_draws)
     return update_draws(prior, cov @ G.T, G, b, noise_std, noise_key)
 
 
