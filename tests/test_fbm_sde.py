@@ -44,8 +44,9 @@ def test_omega_regression_type_ii_h07():
     np.testing.assert_allclose(w, [-0.935, 3.268, -1.771, 0.116, -0.316], atol=1e-3)
 
 
-@pytest.mark.parametrize("kind", ["I", "II"])
+@pytest.mark.parametrize("kind", [pytest.param("I", marks=pytest.mark.slow), "II"])
 def test_weight_system_matches_quadrature(kind):
+    # type I is slow (~10 s: an inner quadrature to infinity per outer node)
     # A, b and c0 in closed form against direct numerical integration of the L2 error
     # functional E∫(B - B̂)² dt at a random ω: exact up to quadrature error (1e-6).
     from scipy import integrate
@@ -315,6 +316,30 @@ def test_vi_draws_on_the_kalman_program_give_the_full_datatree():
     )
     assert tree["posterior_predictive"]["y"].shape == (1, 50, 10)
     assert np.isfinite(tree["log_likelihood"]["y"].values).all()
+
+
+def test_neural_drift_and_diffusion_give_finite_float32_elbo_and_gradients():
+    from ucsciml.models import _fbm_vi as vi
+
+    keys = jax.random.split(jax.random.key(0), 3)
+    noise = fbm_sde.MAfBM(kind="I", horizon=1.0)
+    sde = fbm_sde.LatentSDE(
+        fbm_sde.NeuralDrift(1, 8, 1, key=keys[0]),
+        fbm_sde.NeuralDiffusion(1, 8, 1, key=keys[1]),
+        noise,
+        fbm_sde.Control(1, 5, 1.0, width=8, key=keys[2]),
+    )
+    obs = fbm_sde.Observations(jnp.array([0.5, 1.0]), jnp.array([[0.3], [-0.2]]), 0.1)
+    grid = vi.make_grid(obs, 20)
+    trainable = (sde, vi.init_globals({"hurst": 0.2}))
+    loss_fn = lambda t: vi.negative_elbo(  # noqa: E731
+        t, jax.random.key(1), obs, grid, {"sigma": 1.0}, vi.default_priors(), 8, jnp.zeros(1)
+    )[0]
+    loss, grads = eqx.filter_jit(eqx.filter_value_and_grad(loss_fn))(trainable)
+    assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
+    leaves = jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array))
+    assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+    assert float(jnp.abs(grads[1].loc["hurst"])) > 0
 
 
 def test_fit_validates_its_arguments():
