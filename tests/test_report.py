@@ -149,7 +149,7 @@ def test_report_renders_in_headless_chromium(report_path, tmp_path):
 def _run_dir(root: Path, name: str, seed: int, backend: str) -> Path:
     run = root / name
     run.mkdir()
-    tree = _tree(seed)
+    tree = _tree(seed, field=False)  # the field sections are covered above; keep this fast
     tree.attrs["ucsciml_backend"] = backend
     save_tree(tree, run / "posterior.nc")
     metrics = {

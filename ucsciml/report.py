@@ -548,6 +548,8 @@ def compare_text(rows: list[dict]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)) for r in body)
     notes = [f"{r['run']}: LOO note: {r['loo_warning']}" for r in rows if r.get("loo_warning")]
+    if any("loo_rank" in r for r in rows):
+        notes.insert(0, "LOO rank: 0 = best (arviz-stats compare; same data only).")
     return "\n".join(lines + notes)
 
 
@@ -561,8 +563,8 @@ def compare_html(rows: list[dict], path: str | os.PathLike) -> Path:
         "<h1>Run comparison</h1>",
         _table(header, body),
         "<p>Parameters: posterior mean [5%, 95%] (truth). ELPD-LOO: PSIS-LOO expected log "
-        "predictive density of the observed data (higher is better) ± se; rank from "
-        "arviz-stats compare.</p>",
+        "predictive density of the observed data (higher is better) ± se; LOO rank from "
+        "arviz-stats compare (0 = best; meaningful only between runs on the same data).</p>",
     ]
     if notes:
         parts.append(f"<ul>{notes}</ul>")
