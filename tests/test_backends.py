@@ -96,7 +96,13 @@ def fits(problem):
     return get
 
 
-@pytest.mark.parametrize("name", sorted(ACCURATE))
+def _slow_if(names):
+    return lambda name: pytest.param(name, marks=pytest.mark.slow) if name in names else name
+
+
+# NUTS's statistics are also the foundation's test (tests/test_nuts.py); here they run with
+# `-m slow` so that the fast suite stays short.
+@pytest.mark.parametrize("name", map(_slow_if({"nuts-numpyro", "nuts-blackjax"}), sorted(ACCURATE)))
 def test_matches_exact_posterior(name, fits, problem):
     _, mean, sd = problem
     draws = fits(name).samples["beta"].reshape(-1, 3)
@@ -127,7 +133,7 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", map(_slow_if({"vi-flow"}), sorted(SMALL)))
 def test_contract_shapes_groups_and_determinism(name, problem):
     program = problem[0]
     backend, (chains, draws) = SMALL[name]
@@ -341,6 +347,7 @@ def tiny_pinn():
     return pde, data, model
 
 
+@pytest.mark.slow  # ~80 s on 2 loaded cores: several compilations of a PINN with derivatives
 def test_mc_dropout_layout_and_point_estimates(tiny_pinn):
     import dataclasses
 
