@@ -102,7 +102,9 @@ def _slow_if(names):
 
 # NUTS's statistics are also the foundation's test (tests/test_nuts.py); here they run with
 # `-m slow` so that the fast suite stays short.
-@pytest.mark.parametrize("name", map(_slow_if({"nuts-numpyro", "nuts-blackjax"}), sorted(ACCURATE)))
+@pytest.mark.parametrize(
+    "name", list(map(_slow_if({"nuts-numpyro", "nuts-blackjax"}), sorted(ACCURATE)))
+)
 def test_matches_exact_posterior(name, fits, problem):
     _, mean, sd = problem
     draws = fits(name).samples["beta"].reshape(-1, 3)
@@ -133,7 +135,7 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("name", map(_slow_if({"vi-flow"}), sorted(SMALL)))
+@pytest.mark.parametrize("name", list(map(_slow_if({"vi-flow"}), sorted(SMALL))))
 def test_contract_shapes_groups_and_determinism(name, problem):
     program = problem[0]
     backend, (chains, draws) = SMALL[name]
