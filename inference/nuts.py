@@ -165,6 +165,9 @@ class NUTS:
             progress_bar=self.progress_bar,
             jit_model_args=True,
         )
+        if self.num_chains == 1:
+            # NumPyro runs one chain unbatched: drop the chain axis it would otherwise keep.
+            keys, init_params = keys[0], jax.tree.map(lambda x: x[0], init_params)
         mcmc.run(
             keys,
             program.inputs,

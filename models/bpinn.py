@@ -178,6 +178,7 @@ class BayesianPINN:
             dims=dims,
             coords={"coord": np.array(names)},
             query_fn=query,
+            field_fn=self._field_fn(),
             observed=("u_obs",),
             predict_sites=("u", "u_obs"),
             network_sites=(*self._weight_site_names(), *self._dropout_site_names()),
@@ -217,15 +218,17 @@ class BayesianPINN:
         """Bernoulli keep-masks on each hidden layer's units (only when ``dropout > 0``)."""
         return [f"dropout{i}" for i in range(self.depth)] if self.dropout else []
 
-    def _model_fn(self):
+    def _field_fn(self):
+        """``field_fn(sample, points)``: the network field for one draw of the weights."""
+        field, site_names = self._field_builder()
+        return lambda sample, pts: field([sample[n] for n in site_names], pts)
+
+    def _field_builder(self):
         net = self.network()
         params, static = eqx.partition(net, eqx.is_inexact_array)
-        leaves, treedef = jax.tree.flatten(params)
-        site_names = self._weight_site_names()
-        fan_in = [w.shape[-1] for w in leaves[::2]]
+        treedef = jax.tree.structure(params)
         lo, hi = (jnp.asarray(b) for b in self._bounds())
         ansatz = self.pde.ansatz() if self.hard_constraints else None
-        pde, scale = self.pde, self.prior_scale
 
         def field(values: list[Array], pts: Array) -> Array:
             network = eqx.combine(jax.tree.unflatten(treedef, values), static)
@@ -235,6 +238,16 @@ class BayesianPINN:
                 boundary, distance = ansatz
                 out = boundary(pts) + distance(pts) * out
             return out
+
+        return field, self._weight_site_names()
+
+    def _model_fn(self):
+        net = self.network()
+        leaves = jax.tree.leaves(eqx.filter(net, eqx.is_inexact_array))
+        site_names = self._weight_site_names()
+        fan_in = [w.shape[-1] for w in leaves[::2]]
+        pde, scale = self.pde, self.prior_scale
+        field, _ = self._field_builder()
 
         def model(inputs, targets=None):
             values = []
