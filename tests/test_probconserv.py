@@ -62,6 +62,8 @@ def _se_prior(problem, x, t, seed):
 # --- the update -------------------------------------------------------------------------
 
 
+# ~40 s, nearly all NumPyro/NUTS compilation (measured 37-54 s on the shared 2-core machine).
+@pytest.mark.slow
 def test_closed_form_matches_nuts_on_the_numpyro_program():
     mean, cov, G, b = _random_instance(0)
     noise = 0.5
