@@ -51,6 +51,8 @@ def _configure_logging(quiet: bool) -> None:
     console._ucsciml_console = True
     logger.addHandler(console)
     logger.propagate = False
+    # JAX logs at INFO that it found no TPU/proxy backend: noise on a CPU or GPU machine.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 def _parser() -> argparse.ArgumentParser:
