@@ -67,7 +67,7 @@ CASES = {
     ),
     "poisson2d_sin6cos20": lambda: (
         SpectralGP(pde=Poisson2D(solution=sum_sin_cos_solution(6.0, 20.0)), grid=(200, 200)),
-        150,
+        100,
         1e-2,
         (20.0, 20.0),
     ),
@@ -94,16 +94,18 @@ DEFAULT = ("poisson1d_sin100", "poisson1d_se", "poisson1d_sin6cos100", "poisson2
 def run_case(name: str, seed: int) -> dict:
     """Fit one case and evaluate it on an off-grid test set (5x finer in 1-D, 2x in 2-D)."""
     model, steps, lr, omegas = CASES[name]()
-    start = time.perf_counter()
-    result = fit(model, num_steps=steps, learning_rate=lr)
-    factor = 5 if len(model.grid) == 1 else 2
+    two_d = len(model.grid) > 1
+    start, cpu = time.perf_counter(), time.process_time()
+    # 2-D: a few warm-started CG iterations per step track the moving kernel (see fit).
+    result = fit(model, num_steps=steps, learning_rate=lr, cg_maxiter=30 if two_d else 100)
+    factor = 2 if two_d else 5
     axes = tuple(
         np.linspace(*model.pde.domain[c], factor * n - 1)
         for c, n in zip(model.pde.coords, model.grid, strict=True)
     )
-    mean, sd = predict(model, result, axes, key=jax.random.key(seed))
+    mean, sd = predict(model, result, axes, key=jax.random.key(seed), num_samples=8, cg_maxiter=300)
     mean, sd = np.asarray(mean), np.asarray(sd)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     mesh = np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=-1)
     truth = model.pde.solve(mesh).reshape(mean.shape)
     out = {
@@ -111,6 +113,7 @@ def run_case(name: str, seed: int) -> dict:
         "coverage95": float(np.mean(np.abs(mean - truth) <= 1.96 * sd)),
         "mean_sd": float(sd.mean()),
         "wall_s": wall,
+        "cpu_s": cpu,
         "steps": steps,
     }
     for c, omega in zip(model.pde.coords, omegas, strict=True):
@@ -146,7 +149,7 @@ def main():
             )
             print(
                 f"{name:24s} rel L2 {row['rel_l2']:.2e}  95% coverage {row['coverage95']:.3f}  "
-                f"mean sd {row['mean_sd']:.1e}  {row['steps']} steps  {row['wall_s']:.0f} s  {mus}",
+                f"mean sd {row['mean_sd']:.1e}  {row['steps']} steps  wall {row['wall_s']:.0f} s (CPU {row['cpu_s']:.0f} s)  {mus}",
                 flush=True,
             )
 

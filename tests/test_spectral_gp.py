@@ -102,11 +102,12 @@ def _rel_l2(a, b):
 def test_low_frequency_poisson_solve_and_band():
     pde = Poisson1D(solution=sin_solution(20.0))
     model = SpectralGP(pde=pde, grid=(100,), num_components=30)
-    result = _gp_solve.fit(model, num_steps=150, learning_rate=1e-2)
+    result = _gp_solve.fit(model, num_steps=100, learning_rate=1e-2)
     xs = np.linspace(0.0, 2 * np.pi, 501)
     mean, sd = _gp_solve.predict(model, result, (xs,))
     truth = pde.solve(xs[:, None])
-    # Acceptance threshold of the issue (measured ~1e-4 here); a failed kernel fit gives O(1).
+    # Acceptance threshold of the issue (measured 5.6e-5 after 200 steps); a kernel that
+    # missed the frequency gives O(0.1-1).
     assert _rel_l2(mean, truth) < 1e-2
     # The learned spectral peak sits at the solution's frequency, 20 / 2 pi cycles per unit.
     weights = np.exp(result.sites["eta_x"])
@@ -115,6 +116,7 @@ def test_low_frequency_poisson_solve_and_band():
     assert np.mean(np.abs(mean - truth) <= 1.96 * sd) >= 0.9
 
 
+@pytest.mark.slow
 def test_joint_adam_runs_on_nonlinear_pde():
     model = SpectralGP(pde=AllenCahn1D(solution=sin_solution(2.0)), grid=(24,), num_components=4)
     result = _gp_solve.fit(model, num_steps=5, method="joint")
@@ -127,9 +129,15 @@ def test_cg_solve_matches_dense_on_small_2d_grid():
     model = SpectralGP(pde=Poisson2D(), grid=(12, 10), num_components=3, max_frequency=0.3)
     program = model.compile()
     theta = {k: v for k, v in model.init_params().items() if k != "u_grid"}
-    system = _gp_solve.linear_system(model, theta, program.inputs, program.targets)
-    z_dense, _ = _gp_solve.solve_dense(system, model.grid)
-    z_cg = _gp_solve.solve_cg(system, model.grid, system.y, jnp.zeros(model.grid), 1e-12, 5000)
+
+    @jax.jit
+    def both(theta):
+        system = _gp_solve.linear_system(model, theta, program.inputs, program.targets)
+        z_dense, _ = _gp_solve.solve_dense(system, model.grid)
+        zero = jnp.zeros(model.grid)
+        return z_dense, _gp_solve.solve_cg(system, model.grid, system.y, zero, 1e-12, 5000)
+
+    z_dense, z_cg = both(theta)
     np.testing.assert_allclose(
         z_cg, z_dense, rtol=1e-6, atol=1e-6 * float(jnp.max(jnp.abs(z_dense)))
     )
