@@ -57,7 +57,7 @@ CASES = {
         SpectralGP(pde=Poisson1D(solution=sin_cos_solution(6.0, 100.0)), grid=(400,)),
         600,
         1e-2,
-        (100.0,),
+        (106.0,),
     ),
     "poisson1d_xsin200": lambda: (
         SpectralGP(pde=Poisson1D(solution=x_sin_solution(200.0)), grid=(900,)),
@@ -67,9 +67,9 @@ CASES = {
     ),
     "poisson2d_sin6cos20": lambda: (
         SpectralGP(pde=Poisson2D(solution=sum_sin_cos_solution(6.0, 20.0)), grid=(200, 200)),
-        100,
+        200,
         1e-2,
-        (20.0, 20.0),
+        (26.0, 26.0),
     ),
     "poisson2d_sin100sin100": lambda: (
         SpectralGP(pde=Poisson2D(solution=sin_sin_solution(100.0, 100.0)), grid=(400, 400)),
@@ -97,7 +97,7 @@ def run_case(name: str, seed: int) -> dict:
     two_d = len(model.grid) > 1
     start, cpu = time.perf_counter(), time.process_time()
     # 2-D: a few warm-started CG iterations per step track the moving kernel (see fit).
-    result = fit(model, num_steps=steps, learning_rate=lr, cg_maxiter=30 if two_d else 100)
+    result = fit(model, num_steps=steps, learning_rate=lr, cg_maxiter=150 if two_d else 100)
     factor = 2 if two_d else 5
     axes = tuple(
         np.linspace(*model.pde.domain[c], factor * n - 1)
