@@ -65,12 +65,12 @@ def main():
             "joint Adam (paper)": run(model, truth, "joint", args.joint_steps, args.lr),
         }
     print(f"1-D Poisson u = sin({args.freq:g} x), N = {args.grid}, Adam lr {args.lr:g}")
-    print(f"{'scheme':28s} {'steps run':>9s} {'final err':>10s}", end="")
+    print(f"{'scheme':28s} {'steps run':>9s} {'total s':>8s} {'final err':>10s}", end="")
     for thr in THRESHOLDS:
         print(f" {'steps<' + format(thr, 'g'):>12s} {'secs<' + format(thr, 'g'):>11s}", end="")
     print()
     for name, row in rows.items():
-        print(f"{name:28s} {row['steps']:9d} {row['final']:10.2e}", end="")
+        print(f"{name:28s} {row['steps']:9d} {row['total_s']:8.1f} {row['final']:10.2e}", end="")
         for thr in THRESHOLDS:
             hit = row[thr]
             print(f" {hit[0] if hit else '-':>12} {f'{hit[1]:.1f}' if hit else '-':>11}", end="")
