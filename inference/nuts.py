@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from numpyro.infer import MCMC
 from numpyro.infer import NUTS as NumPyroNUTS
+from numpyro.infer.initialization import init_to_sample
 
 from ucsciml._types import PRNGKey
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards
@@ -106,12 +107,16 @@ class NUTS:
         _check_continuous(program)
         run_key, predictive_key = jax.random.split(key)
         keys = chain_keys(run_key, self.num_chains)
-        pot = potential(program, jax.random.key(0))
-        init_params = self._initial_positions(pot, keys)
-        if self.engine == "numpyro":
-            samples, stats = self._run_numpyro(program, keys, init_params)
+        if self.engine == "numpyro" and self.init == "prior":
+            # NumPyro draws the prior start itself (init_to_sample): no extra compile here.
+            samples, stats = self._run_numpyro(program, keys, None)
         else:
-            samples, stats = self._run_blackjax(pot, keys, init_params)
+            pot = potential(program, jax.random.key(0))
+            init_params = self._initial_positions(pot, keys)
+            if self.engine == "numpyro":
+                samples, stats = self._run_numpyro(program, keys, init_params)
+            else:
+                samples, stats = self._run_blackjax(pot, keys, init_params)
         settings = dataclasses.asdict(self)
         return Posterior(
             samples=samples,
@@ -152,6 +157,7 @@ class NUTS:
             target_accept_prob=self.target_accept_prob,
             max_tree_depth=self.max_tree_depth,
             dense_mass=self.dense_mass,
+            init_strategy=init_to_sample,
         )
         chain_method = "vectorized"
         if self._shards() > 1:
