@@ -97,12 +97,15 @@ def run_case(
     run_dir = Path(out) if out else Path(root) / cfg["case"]["name"] / f"{backend_name}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = _BufferedLog(run_dir / "log.txt")
+    previous_level = log.level
+    log.setLevel(logging.INFO)  # log.txt always gets the INFO record of the run
     log.addHandler(handler)
     try:
         return _run(cfg, backend_name, seed, run_dir, resume, handler)
     finally:
         handler.flush()
         log.removeHandler(handler)
+        log.setLevel(previous_level)
 
 
 def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
