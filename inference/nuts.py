@@ -223,7 +223,9 @@ class NUTS:
             constrained = jax.vmap(pot.postprocess_fn)(states.position)
             return constrained, infos, states.logdensity, parameters["step_size"]
 
-        samples, infos, lp, step_size = map_chains(one_chain, self.num_chains, self.shard)((keys, init_params))
+        samples, infos, lp, step_size = map_chains(one_chain, self.num_chains, self.shard)(
+            (keys, init_params)
+        )
         depth = np.asarray(infos.num_trajectory_expansions)
         stats = {
             "diverging": np.asarray(infos.is_divergent),

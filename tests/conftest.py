@@ -38,9 +38,7 @@ PRIOR_SD = 1.0
 
 def regression_model(X, targets=None):
     """Bayesian linear regression with known noise: the conjugate test problem."""
-    beta = numpyro.sample(
-        "beta", dist.Normal(0.0, PRIOR_SD).expand([X.shape[1]]).to_event(1)
-    )
+    beta = numpyro.sample("beta", dist.Normal(0.0, PRIOR_SD).expand([X.shape[1]]).to_event(1))
     with numpyro.plate("obs", X.shape[0], dim=-1):
         numpyro.sample("y", dist.Normal(X @ beta, NOISE_SD), obs=targets)
 

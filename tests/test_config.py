@@ -5,7 +5,10 @@ from ucsciml.pde import Unknown
 
 BASE = {
     "case": {"name": "t"},
-    "pde": {"name": "heat", "kappa": {"prior": "LogNormal", "loc": -2.0, "scale": 0.5, "truth": 0.1}},
+    "pde": {
+        "name": "heat",
+        "kappa": {"prior": "LogNormal", "loc": -2.0, "scale": 0.5, "truth": 0.1},
+    },
     "model": {"name": "bpinn", "width": 4},
     "backend": {"nuts": {"num_samples": 10}},
 }

@@ -24,11 +24,13 @@ def _tree(chain_means, kind="mcmc", draws=500, network=True, seed=0):
         },
     }
     tree = azb.from_dict(groups, dims={"w0": ["hidden"], "u": ["sensor"]})
-    tree.attrs.update({
-        "ucsciml_kind": kind,
-        "ucsciml_network_sites": json.dumps(["w0"] if network else []),
-        "ucsciml_physical_sites": json.dumps(["lambda1"] if network else ["lambda1", "w0"]),
-    })
+    tree.attrs.update(
+        {
+            "ucsciml_kind": kind,
+            "ucsciml_network_sites": json.dumps(["w0"] if network else []),
+            "ucsciml_physical_sites": json.dumps(["lambda1"] if network else ["lambda1", "w0"]),
+        }
+    )
     return tree
 
 

@@ -17,7 +17,10 @@ def fitted(request):
 
     X, y = regression_data()
     program = uq.Program.from_numpyro(
-        regression_model, X, y, dims={"beta": ("feature",), "y": ("obs",), "inputs": ("obs", "feature")}
+        regression_model,
+        X,
+        y,
+        dims={"beta": ("feature",), "y": ("obs",), "inputs": ("obs", "feature")},
     )
     posterior = inference.NUTS(engine=request.param, **SETTINGS).run(program, jax.random.key(1))
     return request.param, program, posterior, exact_regression_posterior(X, y)
@@ -64,8 +67,15 @@ def test_map_initialisation_handles_constrained_sites():
     rng = np.random.default_rng(0)
     y = 2.0 * rng.normal(size=200)
     program = uq.Program.from_numpyro(model, np.zeros(200), y)
-    backend = inference.NUTS(num_warmup=100, num_samples=100, num_chains=2, init="map",
-                             map_steps=300, map_lbfgs_steps=20, progress_bar=False)
+    backend = inference.NUTS(
+        num_warmup=100,
+        num_samples=100,
+        num_chains=2,
+        init="map",
+        map_steps=300,
+        map_lbfgs_steps=20,
+        progress_bar=False,
+    )
     draws = backend.run(program, jax.random.key(0)).samples["scale"]
     assert np.all(draws > 0)
     # The posterior of the scale concentrates near the sample sd (~2) with sd ~ 2/sqrt(400).

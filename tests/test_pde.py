@@ -39,7 +39,9 @@ def test_cole_hopf_satisfies_burgers_at_second_order():
 
 def test_cole_hopf_boundary_and_initial_conditions():
     x = np.linspace(-1, 1, 11)
-    np.testing.assert_allclose(burgers_cole_hopf(x, np.zeros_like(x)), -np.sin(np.pi * x), atol=1e-12)
+    np.testing.assert_allclose(
+        burgers_cole_hopf(x, np.zeros_like(x)), -np.sin(np.pi * x), atol=1e-12
+    )
     t = np.linspace(0.1, 1.0, 5)
     np.testing.assert_allclose(burgers_cole_hopf(np.ones_like(t), t), 0.0, atol=1e-10)
     np.testing.assert_allclose(burgers_cole_hopf(-np.ones_like(t), t), 0.0, atol=1e-10)
@@ -73,7 +75,12 @@ def test_heat_exact_solution_has_zero_residual():
 
 
 def test_burgers_residual_matches_definition():
-    d = {"u": jnp.array([2.0]), "u_t": jnp.array([1.0]), "u_x": jnp.array([3.0]), "u_xx": jnp.array([4.0])}
+    d = {
+        "u": jnp.array([2.0]),
+        "u_t": jnp.array([1.0]),
+        "u_x": jnp.array([3.0]),
+        "u_xx": jnp.array([4.0]),
+    }
     res = Burgers().residual(d, {"lambda1": 0.5, "lambda2": 0.25})
     np.testing.assert_allclose(res, 1.0 + 0.5 * 2.0 * 3.0 - 0.25 * 4.0)
 

@@ -14,7 +14,10 @@ def posterior():
 
     X, y = regression_data()
     program = uq.Program.from_numpyro(
-        regression_model, X, y, dims={"beta": ("feature",), "y": ("obs",), "inputs": ("obs", "feature")}
+        regression_model,
+        X,
+        y,
+        dims={"beta": ("feature",), "y": ("obs",), "inputs": ("obs", "feature")},
     )
     backend = inference.NUTS(num_warmup=100, num_samples=100, num_chains=2, progress_bar=False)
     return backend.run(program, jax.random.key(0))
@@ -22,8 +25,14 @@ def posterior():
 
 def test_datatree_groups_and_dims(posterior):
     tree = posterior.to_datatree()
-    assert set(tree.children) == {"posterior", "posterior_predictive", "log_likelihood",
-                                  "observed_data", "sample_stats", "constant_data"}
+    assert set(tree.children) == {
+        "posterior",
+        "posterior_predictive",
+        "log_likelihood",
+        "observed_data",
+        "sample_stats",
+        "constant_data",
+    }
     assert tree["posterior"]["beta"].dims == ("chain", "draw", "feature")
     assert tree["posterior_predictive"]["y"].dims == ("chain", "draw", "obs")
     assert tree["log_likelihood"]["y"].shape == (2, 100, 40)
@@ -45,7 +54,9 @@ def test_log_likelihood_matches_closed_form(posterior):
 
 def test_to_datatree_is_reproducible(posterior):
     a, b = posterior.to_datatree(), posterior.to_datatree()
-    xr.testing.assert_equal(a["posterior_predictive"].to_dataset(), b["posterior_predictive"].to_dataset())
+    xr.testing.assert_equal(
+        a["posterior_predictive"].to_dataset(), b["posterior_predictive"].to_dataset()
+    )
 
 
 def test_save_load_exact_round_trip(posterior, tmp_path):
@@ -90,8 +101,15 @@ def test_load_missing_file(tmp_path):
 
 def test_posterior_rejects_inconsistent_shapes(posterior):
     with pytest.raises(ValueError, match="chain, draw"):
-        uq.Posterior(samples={"a": np.ones((2, 3)), "b": np.ones((2, 4))}, program=posterior.program,
-                     key=jax.random.key(0))
+        uq.Posterior(
+            samples={"a": np.ones((2, 3)), "b": np.ones((2, 4))},
+            program=posterior.program,
+            key=jax.random.key(0),
+        )
     with pytest.raises(ValueError, match="kind"):
-        uq.Posterior(samples={"a": np.ones((2, 3))}, program=posterior.program,
-                     key=jax.random.key(0), kind="magic")
+        uq.Posterior(
+            samples={"a": np.ones((2, 3))},
+            program=posterior.program,
+            key=jax.random.key(0),
+            kind="magic",
+        )

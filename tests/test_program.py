@@ -50,7 +50,9 @@ def _burgers_data(n=30):
 
 def test_bpinn_compiles_with_dims_for_every_site():
     pde = uq.pde.Burgers(lambda1=uq.Unknown(dist.Normal(1.0, 0.5)))
-    program = uq.compile(models.BayesianPINN(pde=pde, width=8, depth=2, num_collocation=50), _burgers_data())
+    program = uq.compile(
+        models.BayesianPINN(pde=pde, width=8, depth=2, num_collocation=50), _burgers_data()
+    )
     trace = program.trace(jax.random.key(0))
     sites = [k for k, s in trace.items() if s["type"] in ("sample", "deterministic")]
     missing = [s for s in sites if s not in program.dims and trace[s]["value"].ndim > 0]

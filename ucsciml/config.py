@@ -130,8 +130,10 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
         )
         resolved[name].pop("name")
     if case["backend"] not in registry.BACKENDS:
-        raise ConfigError(f"{source}: [case] unknown backend '{case['backend']}'; choose one of "
-                          f"{sorted(registry.BACKENDS)}")
+        raise ConfigError(
+            f"{source}: [case] unknown backend '{case['backend']}'; choose one of "
+            f"{sorted(registry.BACKENDS)}"
+        )
     cfg["backend"] = resolved
     cfg["evaluation"] = {"grid": [64, 32], **cfg.get("evaluation", {})}
     _check_types(cfg["evaluation"], EVAL_KEYS, "[evaluation]", source)
