@@ -70,3 +70,36 @@ def regression():
     )
     mean, cov = exact_regression_posterior(X, y)
     return program, mean, cov
+
+
+# A tiny heat-equation B-PINN case: seconds of compute, every run-directory file.
+TINY_CASE = """
+[case]
+name = "tiny_heat"
+seed = 0
+
+[pde]
+name = "heat"
+kappa = { prior = "LogNormal", loc = -2.3, scale = 0.5, truth = 0.1 }
+
+[data]
+num_sensors = 30
+noise = 0.01
+
+[model]
+name = "bpinn"
+width = 8
+depth = 1
+num_collocation = 40
+hard_constraints = true
+
+[backend.nuts]
+num_warmup = 30
+num_samples = 30
+num_chains = 2
+max_tree_depth = 4
+progress_bar = false
+
+[evaluation]
+grid = [8, 4]
+"""

@@ -1,39 +1,9 @@
 import json
 
 import pytest
+from conftest import TINY_CASE
 
 from ucsciml.cli import main
-
-TINY_CASE = """
-[case]
-name = "tiny_heat"
-seed = 0
-
-[pde]
-name = "heat"
-kappa = { prior = "LogNormal", loc = -2.3, scale = 0.5, truth = 0.1 }
-
-[data]
-num_sensors = 30
-noise = 0.01
-
-[model]
-name = "bpinn"
-width = 8
-depth = 1
-num_collocation = 40
-hard_constraints = true
-
-[backend.nuts]
-num_warmup = 30
-num_samples = 30
-num_chains = 2
-max_tree_depth = 4
-progress_bar = false
-
-[evaluation]
-grid = [8, 4]
-"""
 
 
 @pytest.fixture(scope="module")

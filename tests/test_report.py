@@ -14,6 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 import xarray as xr
+from conftest import TINY_CASE
 
 import ucsciml as uq
 from ucsciml.cli import main
@@ -179,38 +180,6 @@ def test_cli_report_and_compare(tmp_path, capsys):
     assert "ELPD-LOO" in lines[0] and "±" in out
     assert "<table>" in html_path.read_text(encoding="utf-8")
     assert main(["-q", "compare", str(tmp_path / "missing")]) == 2
-
-
-TINY_CASE = """
-[case]
-name = "tiny_heat"
-seed = 0
-
-[pde]
-name = "heat"
-kappa = { prior = "LogNormal", loc = -2.3, scale = 0.5, truth = 0.1 }
-
-[data]
-num_sensors = 30
-noise = 0.01
-
-[model]
-name = "bpinn"
-width = 8
-depth = 1
-num_collocation = 40
-hard_constraints = true
-
-[backend.nuts]
-num_warmup = 30
-num_samples = 30
-num_chains = 2
-max_tree_depth = 4
-progress_bar = false
-
-[evaluation]
-grid = [8, 4]
-"""
 
 
 @pytest.mark.slow
