@@ -33,24 +33,10 @@ class Potential(NamedTuple):
 
 
 def potential(program: Program, key: PRNGKey) -> Potential:
-    """Build init, potential and postprocess functions for a program."""
-    args, kwargs = (program.inputs,), {"targets": program.targets}
-    _, potential_gen, postprocess_gen, _ = initialize_model(
-        key,
-        program.fn,
-        model_args=args,
-        model_kwargs=kwargs,
-        dynamic_args=True,
-        init_strategy=init_to_sample,
-    )
-
-    def init(k):
-        info, *_ = initialize_model(
-            k, program.fn, model_args=args, model_kwargs=kwargs, init_strategy=init_to_sample
-        )
-        return info.z
-
-    return Potential(init, potential_gen(*args, **kwargs), postprocess_gen(*args, **kwargs))
+    """Build init, potential and postprocess functions for a program (the family of
+    :func:`potential_family` with no extra arguments)."""
+    family = potential_family(program, key, program.fn)
+    return Potential(family.init, family.make(), family.postprocess())
 
 
 class PotentialFamily(NamedTuple):
