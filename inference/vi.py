@@ -84,7 +84,8 @@ class VI:
         init_scale: initial guide scale in unconstrained space (not used by the flow).
         init: ``"prior"`` (guide centred on a prior draw) or ``"map"`` (on an Adam MAP fit of
             ``map_steps`` steps; useful for networks, whose prior draws fit nothing).
-        map_steps, map_learning_rate: the MAP initialisation's settings.
+        map_steps, map_learning_rate: the MAP initialisation's Adam settings.
+        map_lbfgs_steps: L-BFGS polish steps after that Adam fit (0 disables).
         minibatch: ``{plate name: batch size}``; empty for full-batch.
         convergence_tol: relative change of the windowed loss mean accepted as converged.
         checkpoint_dir: folder for ``vi.npz``; ``None`` disables checkpointing.
@@ -116,6 +117,7 @@ class VI:
     init: Literal["prior", "map"] = "prior"
     map_steps: int = 2000
     map_learning_rate: float = 1e-2
+    map_lbfgs_steps: int = 0
     minibatch: Mapping[str, int] = field(default_factory=dict)
     convergence_tol: float = 1e-3
     checkpoint_dir: str | None = None
@@ -124,6 +126,7 @@ class VI:
     def __post_init__(self):
         low = {"num_steps": 1, "num_particles": 1, "num_samples": 1, "rank": 0}
         low |= {"flow_layers": 1, "flow_hidden": 1, "map_steps": 0, "checkpoint_every": 1}
+        low["map_lbfgs_steps"] = 0
         for name, minimum in low.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -239,7 +242,11 @@ class VI:
             return init_to_sample
         pot = potential(program, key)
         z, losses = fit_map(
-            pot.potential_fn, pot.init(key), self.map_steps, self.map_learning_rate, 0
+            pot.potential_fn,
+            pot.init(key),
+            self.map_steps,
+            self.map_learning_rate,
+            self.map_lbfgs_steps,
         )
         if not np.isfinite(float(losses[-1])):
             raise FloatingPointError(
