@@ -47,6 +47,8 @@ class MCDropout:
         num_steps: Adam steps (learning rate decays to 1%).
         learning_rate: Adam's initial rate.
         num_passes: stochastic forward passes T kept as draws.
+        rate: dropout rate p to build the model with (see :meth:`prepare_model`); ``None``
+            (default) keeps the model's own rate.
 
     Example:
         >>> program = ucsciml.compile(models.BayesianPINN(pde, dropout=0.05), data)
@@ -61,6 +63,7 @@ class MCDropout:
     num_steps: int = 3000
     learning_rate: float = 1e-2
     num_passes: int = 500
+    rate: float | None = None
 
     def __post_init__(self):
         for name, minimum in {"num_steps": 1, "num_passes": 1}.items():
@@ -69,6 +72,20 @@ class MCDropout:
                 raise ValueError(f"MCDropout.{name} must be an integer >= {minimum}, got {value!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"MCDropout.learning_rate must be > 0, got {self.learning_rate}")
+        if self.rate is not None and not 0.0 < self.rate < 1.0:
+            raise ValueError(f"MCDropout.rate must be in (0, 1) or None, got {self.rate}")
+
+    def prepare_model(self, model):
+        """The model with dropout rate ``rate``, for a model that has a ``dropout`` field.
+
+        The case runner calls this hook before compiling, so one case file serves every
+        backend: ``[backend.dropout] rate = 0.01`` switches the B-PINN's dropout layer on only
+        for this backend. Models without a ``dropout`` field are returned unchanged (``run``
+        then explains what is missing).
+        """
+        if self.rate is None or "dropout" not in getattr(model, "__dataclass_fields__", {}):
+            return model
+        return dataclasses.replace(model, dropout=self.rate)
 
     def run(self, program: Program, key: PRNGKey) -> Posterior:
         """Fit ``program``'s network with dropout and draw ``num_passes`` stochastic passes.
