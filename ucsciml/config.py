@@ -61,8 +61,22 @@ PRIORS = {
 }
 
 CASE_KEYS = {"name": str, "description": str, "seed": int, "backend": str}
-DATA_KEYS = {"source": str, "path": str, "num_sensors": int, "noise": float, "seed": int}
-DATA_DEFAULTS = {"source": "synthetic", "num_sensors": 200, "noise": 0.01, "seed": 0}
+DATA_KEYS = {
+    "source": str,
+    "path": str,
+    "num_sensors": int,
+    "noise": float,
+    "seed": int,
+    "placement": str,
+}
+DATA_DEFAULTS = {
+    "source": "synthetic",
+    "num_sensors": 200,
+    "noise": 0.01,
+    "seed": 0,
+    "placement": "interior",
+}
+PLACEMENTS = ("interior", "initial_boundary")
 TOP_KEYS = ("case", "pde", "data", "model", "backend", "evaluation")
 EVAL_KEYS = {"grid": list}
 
@@ -107,6 +121,11 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
     if data["source"] not in ("synthetic", "file"):
         raise ConfigError(
             f"{source}: [data] source must be 'synthetic' or 'file', got {data['source']!r}"
+        )
+    if data["placement"] not in PLACEMENTS:
+        raise ConfigError(
+            f"{source}: [data] placement must be one of {list(PLACEMENTS)}, "
+            f"got {data['placement']!r}"
         )
     if data["source"] == "file" and "path" not in data:
         raise ConfigError(f"{source}: [data] source = 'file' needs path = '...'")
