@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ucsciml`` command."""
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.INFO if not args.quiet else logging.WARNING,
         format="%(levelname)s %(message)s",
@@ -80,6 +81,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
+    study = sub.add_parser(
+        "study",
+        help="run one case under several backends and write one comparison table",
+        description="Runs the case under each backend on the same data and seed, each into "
+        "OUT/<backend>/, and writes OUT/study.md, study.csv and study.html.",
+    )
+    study.add_argument(
+        "case",
+        nargs="?",
+        default=None,
+        help=f"case TOML file or name in case_studies/ (default: {DEFAULT_CASE})",
+    )
+    study.add_argument(
+        "--backends",
+        default=",".join(registry.BACKENDS),
+        help=f"comma-separated backends (default: {','.join(registry.BACKENDS)})",
+    )
+    study.add_argument("--seed", type=int, help="integer seed for every backend")
+    study.add_argument("--out", help="study folder (default: runs/<case>/study-seed<seed>)")
+    study.add_argument(
+        "--resume", action="store_true", help="reuse finished runs whose config matches"
+    )
+    study.set_defaults(func=_cmd_study)
+
     summary = sub.add_parser("summary", help="print the diagnostics table of a run directory")
     summary.add_argument("run_dir", help="a directory written by `ucsciml run`")
     summary.set_defaults(func=_cmd_summary)
@@ -118,6 +143,28 @@ def _cmd_run(args) -> int:
     print(f"run directory: {result.run_dir}")
     print(result.diagnostics.to_text())
     _print_parameters(result.metrics)
+    return 0
+
+
+def _cmd_study(args) -> int:
+    from ucsciml.config import load_case
+    from ucsciml.study import parse_backends, readable_table, run_study
+
+    backends = parse_backends(args.backends)
+    cfg = load_case(case_path(args.case))
+    command = " ".join(["ucsciml", *(sys.argv[1:] if args.argv is None else args.argv)])
+    result = run_study(
+        cfg, backends, seed=args.seed, out=args.out, resume=args.resume, command=command
+    )
+    header, body = readable_table(result.rows)
+    widths = [max(len(c) for c in col) for col in zip(header, *body, strict=True)]
+    for cells in (header, *body):
+        print("  ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)))
+    for name, path in result.files.items():
+        print(f"{name}: {path}")
+    if result.failed:
+        print(f"ucsciml: backends that failed: {', '.join(result.failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

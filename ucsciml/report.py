@@ -556,19 +556,27 @@ def compare_text(rows: list[dict]) -> str:
 def compare_html(rows: list[dict], path: str | os.PathLike) -> Path:
     """Write the comparison as a self-contained HTML page."""
     header, body = _compare_cells(rows)
-    notes = "".join(
-        f"<li>{_e(r['run'])}: {_e(r['loo_warning'])}</li>" for r in rows if r.get("loo_warning")
-    )
-    parts = [
-        "<h1>Run comparison</h1>",
-        _table(header, body),
-        "<p>Parameters: posterior mean [5%, 95%] (truth). ELPD-LOO: PSIS-LOO expected log "
+    legend = (
+        "Parameters: posterior mean [5%, 95%] (truth). ELPD-LOO: PSIS-LOO expected log "
         "predictive density of the observed data (higher is better) ± se; LOO rank from "
-        "arviz-stats compare (0 = best; meaningful only between runs on the same data).</p>",
-    ]
-    if notes:
-        parts.append(f"<ul>{notes}</ul>")
-    return write_text(path, _PAGE.format(title="ucsciml compare", body="\n".join(parts)))
+        "arviz-stats compare (0 = best; meaningful only between runs on the same data)."
+    )
+    notes = [f"{r['run']}: {r['loo_warning']}" for r in rows if r.get("loo_warning")]
+    return table_page(path, "Run comparison", header, body, notes=[legend, *notes])
+
+
+def table_page(
+    path: str | os.PathLike,
+    title: str,
+    header: list[str],
+    body: list[list[str]],
+    *,
+    notes: list[str] = (),
+) -> Path:
+    """Write one table (cells already formatted) with notes below as an HTML page, atomically."""
+    parts = [f"<h1>{_e(title)}</h1>", _table(header, body)]
+    parts.extend(f"<p>{_e(note)}</p>" for note in notes)
+    return write_text(path, _PAGE.format(title=_e(title), body="\n".join(parts)))
 
 
 def _compare_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:

@@ -45,9 +45,15 @@ class RunResult:
     diagnostics: diagnostics.Diagnostics
 
 
-def synthetic_sensors(pde: AbstractPDE, num_sensors: int, noise: float, seed: int) -> xr.Dataset:
+def synthetic_sensors(
+    pde: AbstractPDE, num_sensors: int, noise: float, seed: int, placement: str = "interior"
+) -> xr.Dataset:
     """Noisy sensors at uniform random points of the PDE's domain, truth from its solver.
 
+    ``placement="interior"`` spreads the sensors over the whole domain (inverse problems);
+    ``"initial_boundary"`` puts them on the initial slice (``t`` at its lower bound) and on
+    both ends of every other coordinate, each face drawn with probability proportional to
+    its size (forward problems: Raissi et al.'s initial and boundary data).
     The noise standard deviation is ``noise * std(u)`` over the sensors (Raissi et al.'s
     convention: ``noise = 0.01`` is "1% noise").
     """
@@ -55,11 +61,28 @@ def synthetic_sensors(pde: AbstractPDE, num_sensors: int, noise: float, seed: in
     lo = np.array([pde.domain[c][0] for c in pde.coords])
     hi = np.array([pde.domain[c][1] for c in pde.coords])
     points = lo + rng.uniform(size=(num_sensors, len(lo))) * (hi - lo)
+    if placement == "initial_boundary":
+        points = _on_faces(points, pde.coords, lo, hi, rng)
+    elif placement != "interior":
+        raise ValueError(f"placement must be 'interior' or 'initial_boundary', got {placement!r}")
     u = pde.solve(points)
     sd = noise * float(np.std(u)) if noise > 0 else 1e-6 * max(float(np.std(u)), 1e-12)
     observed = u + sd * rng.normal(size=u.shape) if noise > 0 else u
     coords = {c: points[:, i] for i, c in enumerate(pde.coords)}
     return sensor_data.sensors(u=observed, noise_std=sd, attrs={"noise_fraction": noise}, **coords)
+
+
+def _on_faces(points, coords, lo, hi, rng) -> np.ndarray:
+    """Move each point onto a face of the box: ``t = t_min`` or either end of a space axis."""
+    faces = [(i, lo[i]) for i in range(len(coords))]
+    faces += [(i, hi[i]) for i, c in enumerate(coords) if c != "t"]
+    span = hi - lo
+    sizes = np.array([np.prod(np.delete(span, i)) for i, _ in faces])
+    choice = rng.choice(len(faces), size=points.shape[0], p=sizes / sizes.sum())
+    points = points.copy()
+    for k, (axis, value) in enumerate(faces):
+        points[choice == k, axis] = value
+    return points
 
 
 def evaluation_grid(pde: AbstractPDE, sizes: list[int]) -> np.ndarray:
@@ -120,9 +143,13 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         backend_name,
         seed,
     )
-    model = case_config.build(cfg["model"], "model", pde=pde)
-    program = compile_program(model, data)
     backend = _with_checkpoints(case_config.build_backend(cfg, backend_name), run_dir, resume)
+    model = case_config.build(cfg["model"], "model", pde=pde)
+    # A backend may adapt the model it needs (MC dropout switches on the dropout layer), so
+    # one case file serves every backend.
+    if hasattr(backend, "prepare_model"):
+        model = backend.prepare_model(model)
+    program = compile_program(model, data)
     posterior_path = run_dir / "posterior.nc"
     key = jax.random.key(seed)
     reused = False
@@ -292,7 +319,9 @@ def _load_data(cfg, pde) -> xr.Dataset:
     spec = cfg["data"]
     if spec["source"] == "file":
         return sensor_data.load(spec["path"])
-    return synthetic_sensors(pde, spec["num_sensors"], spec["noise"], spec["seed"])
+    return synthetic_sensors(
+        pde, spec["num_sensors"], spec["noise"], spec["seed"], spec.get("placement", "interior")
+    )
 
 
 def _toml_safe(obj):
