@@ -27,13 +27,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.linalg as sla
 from scipy.optimize import minimize
 
-from ucsciml._types import Array, Float, PRNGKey
+from ucsciml._types import Array, Float
+from ucsciml.pde.gpme import stratified_context
+
+__all__ = ["GPFit", "fit", "fit_predict", "predict", "stratified_context"]
 
 # Bounds in standardised units (inputs scaled to [0, 1], targets to unit variance). Noise sd
 # >= 1e-2 (variance >= 1e-4, gpytorch's default floor) and amplitude >= 0.1: with noise-free
@@ -135,11 +136,23 @@ def fit(
     return GPFit(np.exp(theta[:d]), float(np.exp(theta[d])), noise, inputs, y, offset, scale)
 
 
-def predict(gp: GPFit, query: Float[Array, "n d"]) -> tuple[np.ndarray, np.ndarray]:
-    r"""Posterior mean and full covariance of the latent field at ``query``.
+def predict(
+    gp: GPFit, query: Float[Array, "n d"], *, include_noise: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Posterior mean and full covariance at ``query``.
 
     .. math:: \mu_* = m + K_{*c}(K_{cc} + \sigma^2 I)^{-1} y,\quad
-        \Sigma_* = K_{**} - K_{*c}(K_{cc} + \sigma^2 I)^{-1}K_{c*}.
+        \Sigma_* = K_{**} - K_{*c}(K_{cc} + \sigma^2 I)^{-1}K_{c*}
+        \;[+\, \sigma^2 I].
+
+    Args:
+        gp: a :func:`fit` result.
+        query: ``(n, d)`` points, scaled like the context inputs.
+        include_noise: add the fitted noise variance :math:`\sigma^2 I`, i.e. predict a new
+            *observation* rather than the latent field. For noise-free context data (exact
+            solutions) the fitted :math:`\sigma` is the GP's account of its own misfit (a
+            stationary smooth kernel against a front); the field it is scored against at the
+            query points carries the same misfit, so the predictive for the truth includes it.
     """
     query = np.asarray(query, dtype=float)
     gram = _kernel(gp.inputs, gp.inputs, gp.lengthscale, gp.amplitude)
@@ -149,36 +162,22 @@ def predict(gp: GPFit, query: Float[Array, "n d"]) -> tuple[np.ndarray, np.ndarr
     half = sla.solve_triangular(factor[0], cross.T, lower=True)
     cov = _kernel(query, query, gp.lengthscale, gp.amplitude) - half.T @ half
     cov = 0.5 * (cov + cov.T)
+    if include_noise:
+        cov = cov + gp.noise**2 * np.eye(query.shape[0])
     return gp.offset + gp.scale * mean, gp.scale**2 * cov
 
 
 def fit_predict(
-    contexts: Float[Array, "f m d"], values: Float[Array, "f m"], query: Float[Array, "n d"]
+    contexts: Float[Array, "f m d"],
+    values: Float[Array, "f m"],
+    query: Float[Array, "n d"],
+    *,
+    include_noise: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One GP per function: ``(f, n)`` means and ``(f, n, n)`` covariances at ``query``."""
+    """One GP per function: ``(f, n)`` means and ``(f, n, n)`` covariances at ``query``
+    (``include_noise`` as in :func:`predict`)."""
     out = [
-        predict(fit(c, v), query)
+        predict(fit(c, v), query, include_noise=include_noise)
         for c, v in zip(np.asarray(contexts), np.asarray(values), strict=True)
     ]
     return np.stack([m for m, _ in out]), np.stack([c for _, c in out])
-
-
-def stratified_context(
-    key: PRNGKey,
-    x_range: tuple[float, float],
-    t_range: tuple[float, float],
-    num_t: int = 10,
-    num_x: int = 10,
-) -> Float[Array, "m 2"]:
-    """The paper's context design: one uniform ``t`` per stratum x sorted uniform ``x``.
-
-    Returns the ``num_t * num_x`` points of the product grid as ``(x, t)`` rows.
-    """
-    t_key, x_key = jax.random.split(key)
-    t0, t1 = t_range
-    x0, x1 = x_range
-    strata = (jnp.arange(num_t) + jax.random.uniform(t_key, (num_t,))) / num_t
-    t = t0 + strata * (t1 - t0)
-    x = x0 + jnp.sort(jax.random.uniform(x_key, (num_x,))) * (x1 - x0)
-    tt, xx = jnp.meshgrid(t, x, indexing="ij")
-    return jnp.stack([xx.ravel(), tt.ravel()], axis=-1)
