@@ -2,6 +2,7 @@
 
 from ucsciml.models import fbm_sde
 from ucsciml.models.bpinn import BayesianPINN
+from ucsciml.models.rgnp import RGNP
 from ucsciml.models.spectral_gp import SpectralGP
 
-__all__ = ["BayesianPINN", "SpectralGP", "fbm_sde"]
+__all__ = ["BayesianPINN", "RGNP", "SpectralGP", "fbm_sde"]

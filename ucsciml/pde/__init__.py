@@ -16,6 +16,8 @@ from ucsciml.pde.gpme import (
 )
 from ucsciml.pde.heat import Heat
 from ucsciml.pde.manufactured import AbstractManufacturedPDE
+from ucsciml.pde.nonlinear_poisson import NonlinearPoisson1D
+from ucsciml.pde.parametric_burgers import ParametricBurgers
 from ucsciml.pde.poisson import Poisson1D, Poisson2D
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "GPMEHeat",
     "Heat",
     "LinearAdvection",
+    "NonlinearPoisson1D",
+    "ParametricBurgers",
     "Poisson1D",
     "Poisson2D",
     "PorousMedium",
