@@ -40,6 +40,7 @@ def test_resolves_defaults_and_builds_objects():
         ({"model__widht": 3}, r"unknown key\(s\) \['widht'\] in \[model\]"),
         ({"case__colour": "red"}, r"unknown key\(s\) \['colour'\] in \[case\]"),
         ({"data__noise": -0.1}, "noise must be >= 0"),
+        ({"data__placement": "edges"}, "placement must be one of"),
         ({"data__num_sensors": "many"}, "num_sensors must be int"),
         ({"pde__name": "navier"}, "unknown pde 'navier'"),
         ({"case__backend": "magic"}, "unknown backend 'magic'"),

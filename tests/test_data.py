@@ -68,3 +68,18 @@ def test_load_errors(tmp_path):
     csv.write_text("x,t,v\n0,0,1\n")
     with pytest.raises(DataError, match="no 'u' column"):
         uq.data.load(csv)
+
+
+def test_initial_boundary_placement_puts_sensors_on_faces():
+    from ucsciml.runner import synthetic_sensors
+
+    pde = uq.pde.Burgers(lambda1=1.0, lambda2=0.01 / np.pi)
+    ds = synthetic_sensors(pde, 400, 0.0, seed=1, placement="initial_boundary")
+    x, t = ds.x.values, ds.t.values
+    on_face = (t == 0.0) | (x == -1.0) | (x == 1.0)
+    assert on_face.all() and not (t == 1.0).any()  # the final time is not a face
+    # Faces are drawn by size: the initial slice (length 2) holds half the points on average.
+    assert abs((t == 0.0).mean() - 0.5) < 0.1  # 4 binomial sd at n = 400
+    np.testing.assert_allclose(ds.u.values[t == 0.0], -np.sin(np.pi * x[t == 0.0]), atol=1e-12)
+    with pytest.raises(ValueError, match="placement"):
+        synthetic_sensors(pde, 4, 0.0, seed=1, placement="edges")
