@@ -2,13 +2,14 @@
 
 For a network ``f: (n, d) -> (n,)`` whose rows are independent points, the directional
 derivative along coordinate ``i`` of every point at once is one ``jax.jvp`` with tangent
-``e_i`` broadcast over rows. Second derivatives nest a second ``jvp``. Forward mode carries
+``e_i`` broadcast over rows. Higher derivatives nest one more ``jvp`` per order. Forward mode carries
 the tangent through the layers alongside the values, which for the few low-order derivatives
 a PDE needs is much cheaper than nested reverse-mode ``grad`` (see DESIGN.md, "PDEs").
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
 import jax
@@ -29,7 +30,8 @@ def derivatives(
     Args:
         fn: batched scalar field, ``(n, d) -> (n,)``, rows independent.
         points: ``(n, d)`` evaluation points.
-        names: derivative names such as ``"u"``, ``"u_x"``, ``"u_xx"``, ``"u_xt"`` (order <= 2).
+        names: derivative names such as ``"u"``, ``"u_x"``, ``"u_xx"``, ``"u_xt"``, ``"u_xxyy"``
+            (any order: one nested ``jvp`` per letter, so cost grows as ``2^order``).
         coords: coordinate names, one per column of ``points``.
 
     Returns:
@@ -48,17 +50,13 @@ def derivatives(
             continue
         if len(idx) == 0:
             out[name] = fn(points)
-        elif len(idx) == 1:
-            out[name] = _directional(fn, points, idx[0])
-        elif len(idx) == 2:
-            i, j = idx
-
-            def first(p, i=i):
-                return _directional(fn, p, i)
-
-            out[name] = _directional(first, points, j)
-        else:
-            raise ValueError(f"derivative '{name}' has order {len(idx)}; at most 2 is supported")
+            continue
+        # Nest one jvp per differentiated coordinate, innermost first: "u_xt" is
+        # d/dt (d/dx fn); "u_xxyy" nests four.
+        nested = fn
+        for axis in idx[:-1]:
+            nested = functools.partial(_directional, nested, axis=axis)
+        out[name] = _directional(nested, points, idx[-1])
     return out
 
 

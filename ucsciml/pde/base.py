@@ -145,6 +145,19 @@ class AbstractPDE:
         """Reference solution at ``points`` (shape ``(n, len(coords))``), float64 numpy."""
         raise NotImplementedError
 
+    def observables(self) -> dict[str, dict[str, float]]:
+        """What sensors measure: ``{name: {derivative name: coefficient}}``, each observable a
+        linear combination of derivatives of the field. The default, ``{"u": {"u": 1.0}}``,
+        observes the field itself; a stream-function PDE observes velocity instead, e.g.
+        ``{"u": {"u_y": 1.0}, "v": {"u_x": -1.0}}``."""
+        return {"u": {"u": 1.0}}
+
+    def solve_observables(
+        self, points: np.ndarray, params: Mapping[str, float] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Reference values of :meth:`observables` at ``points``; default ``{"u": solve(...)}``."""
+        return {"u": self.solve(points, params)}
+
     def derivative_indices(self) -> dict[str, tuple[int, ...]]:
         """Each needed derivative's coordinate indices."""
         return {d: derivative_indices(d, self.coords) for d in self.derivatives}
