@@ -40,6 +40,10 @@ class BayesianPINN:
     Sites: ``w{l}``, ``b{l}`` (weights and biases of layer ``l``; network sites), one site per
     unknown PDE parameter, ``sigma`` / ``residual_std`` when those are unknown, ``u`` (the field at
     the sensors, deterministic), ``u_obs`` (data likelihood), ``residual`` (pseudo-observation).
+    A PDE whose sensors observe derivatives of the field (:meth:`AbstractPDE.observables`, e.g.
+    velocity ``u = psi_y``, ``v = -psi_x`` of a stream function) gets one deterministic site
+    and one ``<name>_obs`` likelihood site per observable instead of ``u``/``u_obs``; the data
+    then holds one variable per observable (``ucsciml.data.sensors(values=...)``).
 
     Args:
         pde: the PDE (parameters known or :class:`ucsciml.Unknown`).
@@ -137,6 +141,13 @@ class BayesianPINN:
                 "the data has no noise_std and BayesianPINN.noise_std is None; give "
                 "the data a noise_std or set noise_std=Unknown(prior)"
             )
+        observables = self._observables()
+        if observables is not None and set(sensor_data.observed_names(data)) != set(observables):
+            raise ValueError(
+                f"{type(self.pde).__name__} observes {tuple(observables)} but the data holds "
+                f"{sensor_data.observed_names(data)}; give the data one variable per observable "
+                "(ucsciml.data.sensors(values={...}))"
+            )
         points = sensor_data.points(data)
         if isinstance(self.noise_std, int | float):
             noise = np.full(points.shape[0], float(self.noise_std))
@@ -147,9 +158,10 @@ class BayesianPINN:
         }
         mean_noise = None if noise is None else float(np.mean(noise))
         layers = self._layer_shapes()
+        observed_sites = ("u",) if observables is None else tuple(observables)
         dims = {
-            "u": ("sensor",),
-            "u_obs": ("sensor",),
+            **{k: ("sensor",) for k in observed_sites},
+            **{f"{k}_obs": ("sensor",) for k in observed_sites},
             "residual": ("collocation",),
             "points": ("sensor", "coord"),
             "noise_std": ("sensor",),
@@ -171,16 +183,21 @@ class BayesianPINN:
                 "collocation": None,
             }
 
+        targets = (
+            jnp.asarray(sensor_data.observations(data))
+            if observables is None
+            else {f"{k}_obs": jnp.asarray(data[k].values, dtype=float) for k in observables}
+        )
         return Program(
             fn=self._model_fn(),
             inputs=inputs,
-            targets=jnp.asarray(sensor_data.observations(data)),
+            targets=targets,
             dims=dims,
             coords={"coord": np.array(names)},
             query_fn=query,
             field_fn=self._field_fn(),
-            observed=("u_obs",),
-            predict_sites=("u", "u_obs"),
+            observed=tuple(f"{k}_obs" for k in observed_sites),
+            predict_sites=(*observed_sites, *(f"{k}_obs" for k in observed_sites)),
             network_sites=(*self._weight_site_names(), *self._dropout_site_names()),
             name=f"bpinn-{type(self.pde).__name__.lower()}",
             attrs={
@@ -194,6 +211,11 @@ class BayesianPINN:
                 ),
             },
         )
+
+    def _observables(self) -> dict[str, dict[str, float]] | None:
+        """The PDE's observables, or ``None`` when sensors observe the field itself."""
+        observables = self.pde.observables()
+        return None if observables == {"u": {"u": 1.0}} else observables
 
     def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
         lo = np.array([self.pde.domain[c][0] for c in self.pde.coords], dtype=float)
@@ -248,6 +270,7 @@ class BayesianPINN:
         fan_in = [w.shape[-1] for w in leaves[::2]]
         pde, scale = self.pde, self.prior_scale
         field, _ = self._field_builder()
+        observables = self._observables()
 
         def model(inputs, targets=None):
             values = []
@@ -267,14 +290,18 @@ class BayesianPINN:
                 values[2 * i + 2] = values[2 * i + 2] * keep / (1.0 - self.dropout)
             params = {k: _site(k, v) for k, v in pde.parameters().items()}
             points = inputs["points"]
-            u = numpyro.deterministic("u", field(values, points))
+            if observables is None:
+                u = numpyro.deterministic("u", field(values, points))
             sigma = (
                 _site("sigma", self.noise_std)
                 if self.noise_std is not None
                 else inputs["noise_std"]
             )
-            with numpyro.plate("sensor", points.shape[0], dim=-1):
-                numpyro.sample("u_obs", dist.Normal(u, sigma), obs=targets)
+            if observables is None:
+                with numpyro.plate("sensor", points.shape[0], dim=-1):
+                    numpyro.sample("u_obs", dist.Normal(u, sigma), obs=targets)
+            else:
+                _observe(observables, lambda p: field(values, p), points, sigma, targets, pde)
             colloc = inputs["collocation"]
             if colloc is not None:
                 derivs = derivatives(
@@ -286,6 +313,17 @@ class BayesianPINN:
                     numpyro.sample("residual", dist.Normal(res, sigma_r), obs=jnp.zeros_like(res))
 
         return model
+
+
+def _observe(observables, field_fn, points, sigma, targets, pde) -> None:
+    """Deterministic site and ``<name>_obs`` likelihood for each linear observable."""
+    names = sorted({d for combo in observables.values() for d in combo})
+    derivs = derivatives(field_fn, points, names, pde.coords)
+    for name, combo in observables.items():
+        value = numpyro.deterministic(name, sum(c * derivs[d] for d, c in combo.items()))
+        obs = None if targets is None else targets[f"{name}_obs"]
+        with numpyro.plate("sensor", points.shape[0], dim=-1):
+            numpyro.sample(f"{name}_obs", dist.Normal(value, sigma), obs=obs)
 
 
 def _site(name: str, value):

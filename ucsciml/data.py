@@ -1,6 +1,8 @@
 """Sparse sensor data as an ``xarray.Dataset`` with a ``sensor`` dimension.
 
-A sensor data set holds one observed variable (``u`` by default) at scattered points, the
+A sensor data set holds one observed variable (``u`` by default), or several (``values=``,
+e.g. velocity components ``u`` and ``v``; attribute ``observed`` lists them), at scattered
+points, the
 points' physical coordinates (``x``, ``t``, ...) as coordinates along ``sensor``, and an
 optional per-sensor ``noise_std``. The coordinate order is kept in the ``coords`` attribute
 so that ``points(ds)`` always stacks the columns the same way.
@@ -33,20 +35,24 @@ class DataError(ValueError):
 
 def sensors(
     *,
-    u: np.ndarray,
+    u: np.ndarray | None = None,
     noise_std: float | np.ndarray | None = None,
     name: str = "u",
     attrs: Mapping[str, object] | None = None,
+    values: Mapping[str, np.ndarray] | None = None,
     **coords: np.ndarray,
 ) -> xr.Dataset:
     """Build a validated sensor data set from arrays.
 
     Args:
         u: observed values, one per sensor.
-        noise_std: known measurement noise standard deviation, a scalar or one per sensor;
-            ``None`` when the noise is unknown (a model may then treat it as latent).
+        noise_std: known measurement noise standard deviation, a scalar or one per sensor
+            (shared by every observed variable); ``None`` when the noise is unknown (a model
+            may then treat it as latent).
         name: name of the observed variable.
         attrs: extra attributes stored on the data set.
+        values: instead of ``u``/``name``, several observed variables measured at every
+            sensor, ``{name: values}``, e.g. ``{"u": ..., "v": ...}`` for velocity sensors.
         **coords: the sensors' physical coordinates, e.g. ``x=..., t=...``, in order.
 
     Returns:
@@ -59,9 +65,19 @@ def sensors(
         raise DataError(
             "sensors(): no coordinates given; pass the sensor locations, e.g. x=..., t=..."
         )
-    u_arr = _as_1d(u, name)
-    n = u_arr.shape[0]
-    data_vars = {name: ((SENSOR_DIM,), u_arr)}
+    if (u is None) == (values is None):
+        raise DataError(
+            "sensors(): give the observed values either as u=... or as values={name: ...}, "
+            "not both or neither"
+        )
+    if values is None:
+        values = {name: u}
+    if not values:
+        raise DataError("sensors(values=...) is empty; give at least one observed variable")
+    arrays = {k: _as_1d(v, k) for k, v in values.items()}
+    name = next(iter(arrays))
+    n = arrays[name].shape[0]
+    data_vars = {k: ((SENSOR_DIM,), v) for k, v in arrays.items()}
     if noise_std is not None:
         noise = np.asarray(noise_std, dtype=float)
         if noise.ndim == 0:
@@ -77,7 +93,7 @@ def sensors(
     ds = xr.Dataset(data_vars, coords=coord_vars)
     ds.attrs.update(dict(attrs or {}))
     ds.attrs[_COORDS_ATTR] = " ".join(coords)
-    ds.attrs["observed"] = name
+    ds.attrs["observed"] = " ".join(arrays)
     return validate(ds)
 
 
@@ -95,16 +111,17 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
     n = ds.sizes[SENSOR_DIM]
     if n == 0:
         raise DataError("data is empty: it has 0 sensors; provide at least one observation")
-    observed = ds.attrs.get("observed", "u")
-    if observed not in ds.data_vars:
-        raise DataError(
-            f"data has no observed variable '{observed}' (variables: "
-            f"{sorted(ds.data_vars)}); name the observed field '{observed}'"
-        )
+    observed = observed_names(ds)
+    for field in observed:
+        if field not in ds.data_vars:
+            raise DataError(
+                f"data has no observed variable '{field}' (variables: "
+                f"{sorted(ds.data_vars)}); name the observed field '{field}'"
+            )
     names = coordinate_names(ds)
     if not names:
         raise DataError("data has no physical coordinates along 'sensor'; add e.g. x and t")
-    for field in [observed, *names, *(["noise_std"] if "noise_std" in ds else [])]:
+    for field in [*observed, *names, *(["noise_std"] if "noise_std" in ds else [])]:
         var = ds[field]
         if var.dims != (SENSOR_DIM,):
             raise DataError(f"field '{field}' has dims {var.dims}; expected ('{SENSOR_DIM}',)")
@@ -142,14 +159,23 @@ def coordinate_names(ds: xr.Dataset) -> tuple[str, ...]:
     return tuple(str(c) for c in ds.coords if ds[c].dims == (SENSOR_DIM,))
 
 
+def observed_names(ds: xr.Dataset) -> tuple[str, ...]:
+    """The observed variables' names (attribute ``observed``, space-separated; default ``u``)."""
+    return tuple(str(ds.attrs.get("observed", "u")).split()) or ("u",)
+
+
 def points(ds: xr.Dataset) -> np.ndarray:
     """Sensor locations as an ``(n_sensors, n_coords)`` float array, columns in coord order."""
     return np.stack([np.asarray(ds[c].values, dtype=float) for c in coordinate_names(ds)], axis=-1)
 
 
 def observations(ds: xr.Dataset) -> np.ndarray:
-    """The observed values, shape ``(n_sensors,)``."""
-    return np.asarray(ds[ds.attrs.get("observed", "u")].values, dtype=float)
+    """The observed values, shape ``(n_sensors,)``; ``(n_sensors, n_observed)`` (columns in
+    :func:`observed_names` order) when several variables are observed."""
+    names = observed_names(ds)
+    if len(names) == 1:
+        return np.asarray(ds[names[0]].values, dtype=float)
+    return np.stack([np.asarray(ds[k].values, dtype=float) for k in names], axis=-1)
 
 
 def noise_std(ds: xr.Dataset) -> np.ndarray | None:
@@ -187,6 +213,11 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     if suffix == ".nc":
         return atomic_write(path, lambda p: ds.to_netcdf(p, engine="h5netcdf"))
     if suffix == ".csv":
+        if len(observed_names(ds)) > 1:
+            raise DataError(
+                f"CSV holds one observed column 'u'; this data observes {observed_names(ds)}: "
+                "save it as .nc"
+            )
         columns = [*coordinate_names(ds), ds.attrs.get("observed", "u")]
         if "noise_std" in ds:
             columns.append("noise_std")
