@@ -13,6 +13,7 @@ from typing import Any
 PDES: dict[str, str] = {
     "burgers": "ucsciml.pde.burgers:Burgers",
     "heat": "ucsciml.pde.heat:Heat",
+    "navier_stokes": "ucsciml.pde.navier_stokes:NavierStokes2D",
 }
 
 MODELS: dict[str, str] = {

@@ -16,6 +16,7 @@ from ucsciml.pde.gpme import (
 )
 from ucsciml.pde.heat import Heat
 from ucsciml.pde.manufactured import AbstractManufacturedPDE
+from ucsciml.pde.navier_stokes import NavierStokes2D
 from ucsciml.pde.nonlinear_poisson import NonlinearPoisson1D
 from ucsciml.pde.parametric_burgers import ParametricBurgers
 from ucsciml.pde.poisson import Poisson1D, Poisson2D
@@ -35,6 +36,7 @@ __all__ = [
     "LinearAdvection",
     "NonlinearPoisson1D",
     "ParametricBurgers",
+    "NavierStokes2D",
     "Poisson1D",
     "Poisson2D",
     "PorousMedium",
