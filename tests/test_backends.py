@@ -389,3 +389,16 @@ def test_ensemble_splits_over_four_devices(problem):
     assert sharded.attrs["shards"] == 4 and single.attrs["shards"] == 1  # 2 members per device
     # A convex problem: every member converges to its own unique optimum whatever the layout.
     np.testing.assert_allclose(sharded.samples["beta"], single.samples["beta"], atol=1e-4)
+
+
+def test_vi_loss_trace_is_an_optimization_group(problem, tmp_path):
+    backend, _ = SMALL["vi-fullrank"]
+    posterior = backend.run(problem[0], jax.random.key(3))
+    back = uq.load(posterior.save(tmp_path / "vi.nc"))
+    group = back["optimization"].to_dataset()
+    record = posterior.attrs["optimization"]
+    np.testing.assert_allclose(group["loss"].values, record["trace"])
+    assert group["step"].values[1] == record["trace_every"]
+    assert group.attrs["objective"] == "negative ELBO"
+    # The negative ELBO falls from its start (a prior-centred guide) to its end.
+    assert group["loss"].values[-10:].mean() < group["loss"].values[:10].mean()

@@ -149,6 +149,9 @@ class Posterior:
             # save -> load round-trips exactly.
             if len(node.attrs.get("sample_dims", [None])) == 0:
                 del node.attrs["sample_dims"]
+        optimization = _optimization_group(self.attrs.get("optimization"))
+        if optimization is not None:
+            tree["optimization"] = xr.DataTree(optimization)
         tree.attrs.update(_netcdf_attrs(self._provenance()))
         return tree
 
@@ -180,6 +183,22 @@ class Posterior:
             "ucsciml_attrs": dict(self.attrs),
             "ucsciml_program_attrs": dict(self.program.attrs),
         }
+
+
+def _optimization_group(record: Any) -> xr.Dataset | None:
+    """The optimiser's loss trace (VI's negative ELBO, a MAP or dropout fit's loss) as an
+    ``optimization`` group: ``loss`` over ``step``, scalar facts (objective, convergence
+    verdict, final loss) as attributes. ``None`` when the backend kept no trace."""
+    if not isinstance(record, dict) or not record.get("trace"):
+        return None
+    loss = np.asarray(record["trace"], dtype=float)
+    step = np.arange(loss.shape[0]) * int(record.get("trace_every", 1))
+    attrs = {
+        k: (int(v) if isinstance(v, bool) else v)
+        for k, v in record.items()
+        if isinstance(v, str | int | float | bool) and k != "trace_every"
+    }
+    return xr.Dataset({"loss": ("step", loss)}, coords={"step": step}, attrs=attrs)
 
 
 def load(path: str | os.PathLike) -> xr.DataTree:
