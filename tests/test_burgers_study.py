@@ -1,0 +1,47 @@
+"""The neural-PDE UQ study's accuracy checks on Burgers (slow: minutes each on 2 cores).
+
+Each test runs a shipped case file under one backend exactly as `ucsciml study` would and
+checks the acceptance numbers of the study issue. Misses measured on this machine are
+marked ``xfail(strict=False)`` with the measured numbers, so they stay visible in the test
+report instead of being tuned away.
+"""
+
+import pytest
+
+from ucsciml.cli import CASE_DIR
+from ucsciml.config import load_case
+from ucsciml.runner import run_case
+
+
+def _run(case, backend, tmp_path):
+    return run_case(load_case(CASE_DIR / f"{case}.toml"), backend=backend, out=tmp_path / backend)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ensemble", "nuts"])
+def test_burgers_forward_field_error(backend, tmp_path):
+    result = _run("burgers_forward", backend, tmp_path)
+    # Study acceptance: rel. L2 of the posterior mean below 1e-2 on the 256 x 100 grid.
+    assert result.metrics["field"]["rel_l2"] < 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["nuts", "vi", "laplace", "ensemble"])
+def test_burgers_inverse_lambda2_within_25_percent(backend, tmp_path):
+    params = _run("burgers_inverse", backend, tmp_path).metrics["parameters"]
+    # Backends issue acceptance: lambda2's posterior mean within 25% of truth.
+    assert params["lambda2"]["rel_error"] < 0.25
+    assert params["lambda1"]["rel_error"] < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="measured: ensemble lambda1 0.5% off, lambda2 8.6% off (target 5%); the network "
+    "smears the shock (model error), see README Results",
+)
+def test_burgers_inverse_map_ensemble_accuracy(tmp_path):
+    params = _run("burgers_inverse", "ensemble", tmp_path).metrics["parameters"]
+    # Study acceptance: the MAP/ensemble recovers lambda1 within 1% and lambda2 within 5%.
+    assert params["lambda1"]["rel_error"] < 0.01
+    assert params["lambda2"]["rel_error"] < 0.05
