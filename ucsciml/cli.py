@@ -23,11 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    logging.basicConfig(
-        level=logging.INFO if not args.quiet else logging.WARNING,
-        format="%(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(args.quiet)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, TypeError) as err:
