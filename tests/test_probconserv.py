@@ -234,6 +234,21 @@ def test_metrics_against_closed_forms():
 # --- GP base model ----------------------------------------------------------------------------
 
 
+def test_gp_predictive_with_noise_adds_the_fitted_noise_variance():
+    from ucsciml.models import context_gp
+
+    rng = np.random.default_rng(0)
+    inputs = rng.uniform(size=(30, 2))
+    gp = context_gp.fit(inputs, np.sin(3 * inputs[:, 0]) + inputs[:, 1])
+    query = rng.uniform(size=(5, 2))
+    mean, latent = context_gp.predict(gp, query)
+    mean_obs, observed = context_gp.predict(gp, query, include_noise=True)
+    np.testing.assert_array_equal(mean, mean_obs)
+    np.testing.assert_allclose(observed - latent, (gp.noise * gp.scale) ** 2 * np.eye(5))
+    # a smooth field from 30 noise-free points: the mean is accurate to ~1e-3 (measured 2e-4)
+    np.testing.assert_allclose(mean, np.sin(3 * query[:, 0]) + query[:, 1], atol=1e-2)
+
+
 @pytest.mark.parametrize(
     "problem", [gpme.PorousMedium(3.0), gpme.PorousMedium(6.0), gpme.Stefan(0.6)], ids=str
 )
@@ -245,16 +260,16 @@ def test_probconserv_improves_the_gp_base_model(problem):
     mse = {k: float(pc.mean_squared_error(m, truth).mean()) for k, (m, _, _) in out.items()}
     ll = {k: float(pc.gaussian_log_likelihood(truth, m, v).mean()) for k, (m, v, _) in out.items()}
     # The update moves the mean toward the truth where the GP is unsure (the front), which a
-    # uniform shift (HardC) cannot.
-    # (The diagonal variant is also below the base model; against HardC it is within ~1%,
-    # e.g. 8.78e-3 vs 8.77e-3 on Stefan u* = 0.6 with this seed, so it is not ranked here.)
-    assert mse["probconserv_full"] < mse["base"], mse
-    assert mse["probconserv_diag"] < mse["base"], mse
-    assert mse["probconserv_full"] <= mse["hardc"], mse
-    # HardC keeps the variance while moving the mean; the diagonal update shrinks variance only
-    # where it moves the mean, so its LL is at least HardC's. (The full-covariance update's LL
-    # is not always above HardC's with this GP: see the study table and issue note.)
-    assert ll["probconserv_diag"] >= ll["hardc"], ll
+    # uniform shift (HardC) cannot. The GP's predictive includes its fitted noise variance
+    # (study default). Measured with this seed (6 functions), MSE / LL:
+    #   PME m=3   base 5.67e-3/1.16  HardC 5.46e-3/1.17  full 5.09e-3/1.20  diag 5.39e-3/1.18
+    #   PME m=6   base 1.62e-2/0.64  HardC 1.55e-2/0.66  full 1.41e-2/0.69  diag 1.51e-2/0.67
+    #   Stefan .6 base 9.05e-3/0.95  HardC 8.77e-3/0.96  full 8.23e-3/1.04  diag 8.68e-3/0.97
+    # The diag-vs-HardC margins are ~1%; the checks are deterministic under the fixed seed.
+    for method in ("probconserv_full", "probconserv_diag"):
+        assert mse[method] < mse["base"], mse
+        assert mse[method] <= mse["hardc"], mse
+        assert ll[method] >= ll["hardc"], ll
     for method in ("hardc", "probconserv_full", "probconserv_diag"):
         assert np.abs(pc.conservation_error(out[method][0], x, b[0])).max() <= 1e-12
 
