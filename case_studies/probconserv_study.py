@@ -15,6 +15,9 @@ Both see the same context sets. The conservation constraint ``G u = b(t*)`` (one
 trapezoid row, ``b`` from the initial mass and boundary fluxes) is imposed with ``sigma_G = 0``.
 The table averages over functions: signed conservation error CE, MSE, Gaussian LL (higher is
 better) and CRPS; for problems with a front, the front position from 200 draws per function.
+LL and CRPS are pointwise, from the mean and the *diagonal* of the (updated) covariance,
+averaged over the grid, as the reference code scores ProbConserv (``analyze.py``:
+``-0.5 (y - mu)^2 / s^2 - log s - 0.5 log 2 pi`` with ``s^2 = diag(Sigma~)``).
 
 This is a script rather than a ``case_studies/*.toml``: the TOML pipeline (``ucsciml run``)
 is built around one PDE + sensor data set + model + inference backend per run, while this
