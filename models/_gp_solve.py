@@ -27,6 +27,8 @@ References:
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -42,6 +44,8 @@ from ucsciml.models import _spectral_kernels as sk
 
 #: Grids with at most this many points are solved densely.
 DENSE_LIMIT = 2500
+
+logger = logging.getLogger(__name__)
 
 
 class LinearGaussian(NamedTuple):
@@ -62,6 +66,8 @@ class SpectralGPFit(NamedTuple):
         losses: negative log joint per step.
         monitor: ``monitor_fn(u_grid)`` per step (``nan`` when none was given).
         method: ``"alternating"`` or ``"joint"``.
+        cg_relres: relative residual ``|P z - G^T y| / |G^T y|`` of the
+            final conjugate-gradient solve (``nan`` for dense solves and ``"joint"``).
     """
 
     sites: dict
@@ -70,6 +76,7 @@ class SpectralGPFit(NamedTuple):
     losses: Array
     monitor: Array
     method: str
+    cg_relres: Array
 
 
 def linear_system(model, sites: dict, inputs: dict, targets: Array) -> LinearGaussian:
@@ -107,14 +114,40 @@ def solve_cg(
     system: LinearGaussian, shape, rhs_y: Array, x0: Array, tol: float, maxiter: int
 ) -> Array:
     """``P^{-1} G^T rhs_y`` by conjugate gradients with Kronecker matvecs."""
+    return solve_cg_checked(system, shape, rhs_y, x0, tol, maxiter)[0]
+
+
+def solve_cg_checked(
+    system: LinearGaussian, shape, rhs_y: Array, x0: Array, tol: float, maxiter: int
+) -> tuple[Array, Array]:
+    """:func:`solve_cg` and the relative residual it reached (one extra matvec).
+
+    ``jax.scipy.sparse.linalg.cg`` stops silently at ``maxiter``; the residual is returned so
+    callers can report an unconverged solve instead of using it unknowingly.
+    """
     zero = jnp.zeros(shape)
     gt = jax.linear_transpose(system.g_fn, zero)
 
     def matvec(v):
         return v + gt(system.g_fn(v))[0]
 
-    z, _ = cg(matvec, gt(rhs_y)[0], x0=x0, tol=tol, maxiter=maxiter)
-    return z
+    rhs = gt(rhs_y)[0]
+    z, _ = cg(matvec, rhs, x0=x0, tol=tol, maxiter=maxiter)
+    return z, jnp.linalg.norm(matvec(z) - rhs) / jnp.linalg.norm(rhs)
+
+
+def _warn_unconverged(relres, tol: float, where: str, fix: str) -> None:
+    """Warn when a CG solve stopped at its iteration cap above ``tol`` (never silently)."""
+    worst = float(jnp.max(relres))
+    if worst > tol:
+        warnings.warn(
+            f"{where}: conjugate gradients stopped at relative residual {worst:.1e} > "
+            f"tolerance {tol:.0e} (iteration cap reached); {fix}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    elif jnp.isfinite(worst):
+        logger.info("%s: conjugate gradients converged, relative residual %.1e", where, worst)
 
 
 def fit(
@@ -126,6 +159,7 @@ def fit(
     monitor_fn: Callable[[Array], Array] | None = None,
     cg_tol: float = 1e-8,
     cg_maxiter: int = 100,
+    cg_final_maxiter: int | None = None,
 ) -> SpectralGPFit:
     """Fit a :class:`~ucsciml.models.SpectralGP` by MAP of its program's log joint.
 
@@ -141,8 +175,11 @@ def fit(
         method: ``"alternating"`` or ``"joint"``.
         monitor_fn: optional ``u_grid -> scalar`` recorded per step (e.g. an error for
             benchmarks); never used to choose the result.
-        cg_tol, cg_maxiter: conjugate-gradient settings for large grids (per step; the
-            final solve gets ``10 * cg_maxiter`` iterations).
+        cg_tol, cg_maxiter: conjugate-gradient settings for large grids, per step (warm
+            started from the previous step, deliberately capped: the kernel still moves).
+        cg_final_maxiter: iteration cap of the final solve for the returned grid values
+            (default ``10 * cg_maxiter``); a :class:`RuntimeWarning` is raised when it stops
+            above ``cg_tol`` and ``cg_relres`` of the result records the residual reached.
 
     Returns:
         :class:`SpectralGPFit` at the last step.
@@ -159,11 +196,18 @@ def fit(
         )
     if not (isinstance(num_steps, int) and num_steps >= 1):
         raise ValueError(f"fit(num_steps=...) must be a positive integer, got {num_steps!r}")
+    final_maxiter = 10 * cg_maxiter if cg_final_maxiter is None else cg_final_maxiter
     with jax.enable_x64(True):
-        return _fit(model, num_steps, learning_rate, method, monitor_fn, cg_tol, cg_maxiter)
+        result = _fit(
+            model, num_steps, learning_rate, method, monitor_fn, cg_tol, cg_maxiter, final_maxiter
+        )
+    _warn_unconverged(
+        result.cg_relres, cg_tol, "spectral_gp.fit (final solve)", "raise cg_final_maxiter"
+    )
+    return result
 
 
-def _fit(model, num_steps, learning_rate, method, monitor_fn, cg_tol, cg_maxiter):
+def _fit(model, num_steps, learning_rate, method, monitor_fn, cg_tol, cg_maxiter, final_maxiter):
     program = model.compile()
     inputs, targets = program.inputs, program.targets
     log_density = model.log_density_fn()
@@ -179,19 +223,19 @@ def _fit(model, num_steps, learning_rate, method, monitor_fn, cg_tol, cg_maxiter
     def conditional_mean(theta, z_prev, maxiter=cg_maxiter):
         system = linear_system(model, theta, inputs, targets)
         if dense:
-            z = solve_dense(system, shape)[0]
+            z, relres = solve_dense(system, shape)[0], jnp.nan
         else:
             # Warm-started from the previous step's solution, a few iterations track the
-            # slowly moving kernel; the final solve below runs ten times longer.
-            z = solve_cg(system, shape, system.y, z_prev, cg_tol, maxiter)
-        return z, _kron.kron_matvec(system.chols, z)
+            # slowly moving kernel; the final solve below runs longer and is checked.
+            z, relres = solve_cg_checked(system, shape, system.y, z_prev, cg_tol, maxiter)
+        return z, _kron.kron_matvec(system.chols, z), relres
 
     if method == "alternating":
         theta0 = {k: v for k, v in init.items() if k != "u_grid"}
 
         def step(carry, _):
             theta, state, z = carry
-            z, u = conditional_mean(theta, z)
+            z, u, _ = conditional_mean(theta, z)
             u = jax.lax.stop_gradient(u)
             loss, grad = jax.value_and_grad(lambda t: neg_log_joint({**t, "u_grid": u}))(theta)
             updates, state = opt.update(grad, state, theta)
@@ -201,7 +245,7 @@ def _fit(model, num_steps, learning_rate, method, monitor_fn, cg_tol, cg_maxiter
         (theta, _, z), (losses, mon) = jax.jit(
             lambda c: jax.lax.scan(step, c, None, length=num_steps)
         )(carry0)
-        z, u = jax.jit(lambda t, z: conditional_mean(t, z, 10 * cg_maxiter))(theta, z)
+        z, u, relres = jax.jit(lambda t, z: conditional_mean(t, z, final_maxiter))(theta, z)
     else:
 
         def step(carry, _):
@@ -217,7 +261,8 @@ def _fit(model, num_steps, learning_rate, method, monitor_fn, cg_tol, cg_maxiter
         theta = {k: v for k, v in sites.items() if k != "u_grid"}
         chols, _ = model.factors(model.kernel_params(theta))
         z = _kron.kron_whiten(chols, u)
-    return SpectralGPFit(theta, u, z, losses, mon, method)
+        relres = jnp.nan
+    return SpectralGPFit(theta, u, z, losses, mon, method, jnp.asarray(relres))
 
 
 def _test_weights(model, theta, axes_test):
@@ -240,6 +285,7 @@ def predict(
     key: PRNGKey | None = None,
     num_samples: int = 64,
     cg_maxiter: int = 1000,
+    cg_tol: float = 1e-8,
 ) -> tuple[Array, Array]:
     r"""Posterior mean and sd of ``u`` on the tensor grid ``axes_test`` (one array per axis).
 
@@ -251,7 +297,8 @@ def predict(
     (the conditional Gaussian of the grid values given the fitted hyper-parameters, plus the
     GP's interpolation variance between grid points). Dense grids use the exact
     ``diag(W P^{-1} W^T)``; large grids estimate it from ``num_samples`` Matheron draws
-    (``key`` required). Linear PDEs only.
+    (``key`` required; a :class:`RuntimeWarning` is raised when a draw's CG solve stops at
+    ``cg_maxiter`` above ``cg_tol``). Linear PDEs only.
     """
     if not model.pde.linear:
         raise ValueError("predict's posterior band needs a linear PDE (Gaussian grid values)")
@@ -261,8 +308,8 @@ def predict(
         dense = int(jnp.prod(jnp.array(model.grid))) <= DENSE_LIMIT
         if not dense and key is None:
             raise ValueError("predict on a large grid needs key= for its posterior draws")
-        core = jax.jit(_predict_core, static_argnums=(0, 6, 7, 9))
-        return core(
+        core = jax.jit(_predict_core, static_argnums=(0, 6, 7, 9, 10))
+        mean, sd, relres = core(
             model,
             result.sites,
             result.z_mean,
@@ -273,11 +320,14 @@ def predict(
             num_samples,
             key,
             cg_maxiter,
+            cg_tol,
         )
+    _warn_unconverged(relres, cg_tol, "spectral_gp.predict (posterior draws)", "raise cg_maxiter")
+    return mean, sd
 
 
 def _predict_core(
-    model, theta, z_mean, axes_test, inputs, targets, dense, num_samples, key, maxiter
+    model, theta, z_mean, axes_test, inputs, targets, dense, num_samples, key, maxiter, tol
 ):
     weights, k0 = _test_weights(model, theta, axes_test)
     mean = _kron.kron_matvec(weights, z_mean)
@@ -287,25 +337,43 @@ def _predict_core(
         _, chol_p = solve_dense(system, model.grid)
         wmat = _kron.kron_dense(weights)
         var = jnp.sum(solve_triangular(chol_p, wmat.T, lower=True) ** 2, axis=0)
-        var = var.reshape(mean.shape)
+        var, relres = var.reshape(mean.shape), jnp.full((), jnp.nan)
     else:
-        draws = _draws(model, theta, inputs, targets, key, num_samples, maxiter)
+        draws, relres = _draws(model, theta, inputs, targets, key, num_samples, maxiter, tol)
         var = jnp.var(jax.vmap(lambda z: _kron.kron_matvec(weights, z))(draws), axis=0)
-    return mean, jnp.sqrt(var + jnp.maximum(interp, 0.0))
+    return mean, jnp.sqrt(var + jnp.maximum(interp, 0.0)), relres
 
 
 def posterior_draws(
-    model, result: SpectralGPFit, *, key: PRNGKey, num_samples: int, cg_maxiter: int = 1000
+    model,
+    result: SpectralGPFit,
+    *,
+    key: PRNGKey,
+    num_samples: int,
+    cg_maxiter: int = 1000,
+    cg_tol: float = 1e-8,
 ) -> Array:
-    """Draws of the whitened grid values ``z`` from their exact conditional (Matheron's rule)."""
+    """Draws of the whitened grid values ``z`` from their exact conditional (Matheron's rule).
+
+    A :class:`RuntimeWarning` is raised when a draw's CG solve stops above ``cg_tol``.
+    """
     with jax.enable_x64(True):
         program = model.compile()
-        return jax.jit(_draws, static_argnums=(0, 5, 6))(
-            model, result.sites, program.inputs, program.targets, key, num_samples, cg_maxiter
+        draws, relres = jax.jit(_draws, static_argnums=(0, 5, 6, 7))(
+            model,
+            result.sites,
+            program.inputs,
+            program.targets,
+            key,
+            num_samples,
+            cg_maxiter,
+            cg_tol,
         )
+    _warn_unconverged(relres, cg_tol, "spectral_gp.posterior_draws", "raise cg_maxiter")
+    return draws
 
 
-def _draws(model, theta, inputs, targets, key, num_samples, maxiter):
+def _draws(model, theta, inputs, targets, key, num_samples, maxiter, tol):
     system = linear_system(model, theta, inputs, targets)
     shape = model.grid
     k1, k2 = jax.random.split(key)
@@ -314,7 +382,8 @@ def _draws(model, theta, inputs, targets, key, num_samples, maxiter):
 
     def one(z0_i, eps_i):
         r = system.y - system.g_fn(z0_i) - eps_i
-        return z0_i + solve_cg(system, shape, r, jnp.zeros(shape), 1e-8, maxiter)
+        z, relres = solve_cg_checked(system, shape, r, jnp.zeros(shape), tol, maxiter)
+        return z0_i + z, relres
 
     return jax.lax.map(lambda a: one(*a), (z0, eps))
 
