@@ -22,6 +22,7 @@ import numpyro.distributions as dist
 import xarray as xr
 
 from ucsciml._types import Array, PRNGKey
+from ucsciml.models import _rgnp_train
 from ucsciml.models._gicnet import GICNet, bounded_gaussian, raw_size
 from ucsciml.program import Program
 
@@ -315,12 +316,10 @@ class RGNP:
         Returns:
             ``(params, elbo_history)``, the history one value per step.
         """
-        from ucsciml.models._rgnp_train import fit
-
         init_key, train_key = jax.random.split(key)
         if params is None:
             params = self.init(key=init_key)
-        return fit(
+        return _rgnp_train.fit(
             self,
             params,
             train_key,
