@@ -135,28 +135,23 @@ def test_cg_solve_matches_dense_on_small_2d_grid():
         system = _gp_solve.linear_system(model, theta, program.inputs, program.targets)
         z_dense, _ = _gp_solve.solve_dense(system, model.grid)
         zero = jnp.zeros(model.grid)
-        return z_dense, _gp_solve.solve_cg(system, model.grid, system.y, zero, 1e-12, 5000)
+        z_cg, relres = _gp_solve.solve_cg_checked(system, model.grid, system.y, zero, 1e-12, 5000)
+        return z_dense, z_cg, relres
 
-    z_dense, z_cg = both(theta)
+    z_dense, z_cg, relres = both(theta)
+    # The reported residual is the real one: converged here, so the warning path stays quiet.
+    assert float(relres) <= 1e-10
     np.testing.assert_allclose(
         z_cg, z_dense, rtol=1e-6, atol=1e-6 * float(jnp.max(jnp.abs(z_dense)))
     )
 
 
-def test_fit_reports_unconverged_cg_and_matches_dense_when_converged(monkeypatch):
+def test_fit_warns_when_cg_stops_at_its_cap(monkeypatch):
     model = SpectralGP(pde=Poisson2D(), grid=(12, 10), num_components=3, max_frequency=0.3)
-    dense = _gp_solve.fit(model, num_steps=2, learning_rate=1e-2)
-    assert np.isnan(dense.cg_relres)
-    # Force the CG path on this small grid so it can be compared with the dense solve.
+    # Force the CG path on this small grid; two iterations cannot solve a 120-unknown system.
     monkeypatch.setattr(_gp_solve, "DENSE_LIMIT", 10)
-    converged = _gp_solve.fit(model, num_steps=2, learning_rate=1e-2, cg_maxiter=5000, cg_tol=1e-10)
-    assert float(converged.cg_relres) <= 1e-10
-    # Same iterates up to the CG tolerance (amplified by the prior's conditioning).
-    np.testing.assert_allclose(
-        converged.u_grid, dense.u_grid, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(dense.u_grid)))
-    )
     with pytest.warns(RuntimeWarning, match="conjugate gradients stopped"):
-        capped = _gp_solve.fit(model, num_steps=2, cg_maxiter=1, cg_final_maxiter=2)
+        capped = _gp_solve.fit(model, num_steps=1, cg_maxiter=1, cg_final_maxiter=2)
     assert float(capped.cg_relres) > 1e-8
 
 
