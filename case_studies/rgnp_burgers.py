@@ -16,7 +16,9 @@ Configurations:
   4 x 300. Expected run time on one modern GPU: about 30-40 minutes (an estimate from the
   step cost, *not measured*: no GPU was available when this was written).
 * ``reduced``: forward MLP 4 x 128, 32 frequencies, 100 points, batch 8, 3,000 steps,
-  GICNet on an 8 x 8 grid. Not run to convergence on the shared CPU; expect a rough fit.
+  GICNet on an 8 x 8 grid. Measured (seed 0): 699 s of training on a shared 2-core CPU;
+  on 20 test pairs NSE_u 0.116 (a rough fit: too few steps for the sharp fronts at small
+  ``z_0``), NSE_z 0.034, +-2 sd coverage of u 0.97 and of z 1.00.
 
 Writes ``metrics.json`` to ``--out`` (NSE_u and coverage on a 65 x 51 method-of-lines grid).
 """
