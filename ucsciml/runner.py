@@ -65,11 +65,18 @@ def synthetic_sensors(
         points = _on_faces(points, pde.coords, lo, hi, rng)
     elif placement != "interior":
         raise ValueError(f"placement must be 'interior' or 'initial_boundary', got {placement!r}")
-    u = pde.solve(points)
-    sd = noise * float(np.std(u)) if noise > 0 else 1e-6 * max(float(np.std(u)), 1e-12)
-    observed = u + sd * rng.normal(size=u.shape) if noise > 0 else u
+    # One variable per observable (the field itself, or e.g. velocity from a stream function);
+    # one noise level from their pooled spread.
+    values = pde.solve_observables(points)
+    spread = float(np.std(np.concatenate(list(values.values()))))
+    sd = noise * spread if noise > 0 else 1e-6 * max(spread, 1e-12)
+    observed = (
+        {k: v + sd * rng.normal(size=v.shape) for k, v in values.items()} if noise > 0 else values
+    )
     coords = {c: points[:, i] for i, c in enumerate(pde.coords)}
-    return sensor_data.sensors(u=observed, noise_std=sd, attrs={"noise_fraction": noise}, **coords)
+    return sensor_data.sensors(
+        values=observed, noise_std=sd, attrs={"noise_fraction": noise}, **coords
+    )
 
 
 def _on_faces(points, coords, lo, hi, rng) -> np.ndarray:
@@ -243,7 +250,9 @@ def field_prediction(
     """
     try:
         points = evaluation_grid(pde, grid)
-        truth = pde.solve(points)
+        # The first observable is the scored field: u itself, or the x-velocity for a
+        # stream-function PDE (site "u" in both cases).
+        truth = pde.solve_observables(points)["u"]
     except (NotImplementedError, ValueError):
         return None
     pred = posterior.predict(points, key, sites=("u",))["u"].values
