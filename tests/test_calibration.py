@@ -364,3 +364,23 @@ def test_conservation_defect():
     da = xr.DataArray(fields, dims=("chain", "draw", "x", "t"), coords={"x": x, "t": t})
     defect = physics.conservation_defect(da, over="x", along="t")
     np.testing.assert_allclose(defect.values, [[0.0, 1.0]], atol=1e-12)
+
+
+def test_summary_leaves_pinned_points_out_of_calibration_scores():
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=50)
+    truth = centre + rng.normal(size=50)
+    draws = centre + rng.normal(size=(1, 400, 50))
+    # Ten points pinned by construction: every draw equals the truth up to float32 round-off.
+    draws[:, :, :10] = truth[:10] + 1e-7 * rng.normal(size=(1, 400, 10))
+    pred = xr.DataArray(draws, dims=("chain", "draw", "point"))
+    out = uq.calibration.summary(pred, xr.DataArray(truth, dims="point"))
+    assert out["pinned_points"] == 10
+    # The 40 free points are calibrated standard normals: NLL near 0.5 log(2 pi e) = 1.42
+    # (the KDE widens the unit variance by ~7%); its sd over 40 points is about 0.11.
+    assert abs(out["nll"] - 1.42) < 0.35
+    assert abs(out["coverage_90"] - 0.9) < 0.15  # 40 Bernoulli(0.9) points: 3 sd is 0.14
+    # rel. L2 still uses every point.
+    mean = draws.mean(axis=(0, 1))
+    expected = np.linalg.norm(mean - truth) / np.linalg.norm(truth)
+    assert out["rel_l2"] == pytest.approx(expected, rel=1e-5)
