@@ -25,15 +25,8 @@ Writes ``metrics.json`` to ``--out`` (NSE_u and coverage on a 65 x 51 method-of-
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
+import _rgnp_cli
 
-import jax
-import numpy as np
-
-from ucsciml.models import RGNP
 from ucsciml.pde import ParametricBurgers
 
 CONFIGS = {
@@ -79,28 +72,8 @@ CONFIGS = {
 
 def run(config: str, seed: int = 0, out: str | None = None) -> dict:
     """Train and evaluate one configuration; returns (and optionally writes) the metrics."""
-    settings = CONFIGS[config]
-    model = RGNP(ParametricBurgers(), **settings["model"])
-    k_fit, k_eval = jax.random.split(jax.random.key(seed))
-    start = time.perf_counter()
-    params, elbo = model.fit(k_fit, **settings["fit"])
-    metrics = model.evaluate(params, k_eval, num_tests=20)
-    metrics.update(
-        config=config,
-        train_seconds=time.perf_counter() - start,
-        elbo_first_100=float(np.mean(elbo[:100])),
-        elbo_last_100=float(np.mean(elbo[-100:])),
-    )
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return _rgnp_cli.run(ParametricBurgers(), CONFIGS[config], config, seed, out)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", choices=sorted(CONFIGS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
-    print(json.dumps(run(args.config, args.seed, args.out), indent=2))
+    _rgnp_cli.main(ParametricBurgers(), CONFIGS, __doc__.splitlines()[0])
