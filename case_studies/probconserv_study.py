@@ -137,20 +137,17 @@ def apply_methods(mean, cov, G, b) -> dict[str, tuple]:
     """``{method: (mean, var, posterior)}`` for the four methods, batched over functions."""
     var = jnp.maximum(jnp.diagonal(cov, axis1=-2, axis2=-1), 0.0)
     full = _batched(pc.condition, 2)(mean, cov, G, b, 0.0)
-    diag = _batched(pc.condition_diagonal, 2)(mean, var, G, b, 0.0)
-    hard = jax.jit(jax.vmap(pc.hardc, in_axes=(0, 0, None, None)))(mean, var, G, b)
-    return {
-        "base": (mean, var, None),
-        "hardc": (hard.mean, hard.variance(), None),
-        "probconserv_full": (full.mean, full.variance(), full),
-        "probconserv_diag": (diag.mean, diag.variance(), diag),
-    }
+    return _with_diagonal_and_hardc(mean, var, full, G, b)
 
 
 def apply_methods_lowrank(prediction, G, b) -> dict[str, tuple]:
     """As :func:`apply_methods` for a diagonal + low-rank prediction (the ANP's)."""
     mean, var = prediction.mean, prediction.variance()
     full = _batched(pc.condition_lowrank, 3)(mean, prediction.diag, prediction.factor, G, b, 0.0)
+    return _with_diagonal_and_hardc(mean, var, full, G, b)
+
+
+def _with_diagonal_and_hardc(mean, var, full, G, b) -> dict[str, tuple]:
     diag = _batched(pc.condition_diagonal, 2)(mean, var, G, b, 0.0)
     hard = jax.jit(jax.vmap(pc.hardc, in_axes=(0, 0, None, None)))(mean, var, G, b)
     return {
