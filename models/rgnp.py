@@ -340,18 +340,9 @@ class RGNP:
         """Forward prediction as an ``xarray.Dataset``: ``u_mean``, ``u_sd`` on ``point`` and
         ``u`` draws on ``(chain, draw, point)`` (one chain)."""
         z, w, points = self._check(z, w, points)
-        mean, var, factor = _field(self, params, z, w, points)
-        draws = _gaussian(mean, var, factor).sample(key, (1, num_samples))
-        sd = jnp.sqrt(var + jnp.sum(factor**2, axis=1))
-        return xr.Dataset(
-            {
-                "u_mean": ("point", np.asarray(mean)),
-                "u_sd": ("point", np.asarray(sd)),
-                "u": (("chain", "draw", "point"), np.asarray(draws)),
-            },
-            coords={
-                c: ("point", np.asarray(points[:, i])) for i, c in enumerate(self.problem.coords)
-            },
+        out = _gaussian_dataset("u", "point", *_field(self, params, z, w, points), key, num_samples)
+        return out.assign_coords(
+            {c: ("point", np.asarray(points[:, i])) for i, c in enumerate(self.problem.coords)}
         )
 
     def infer(
@@ -360,16 +351,8 @@ class RGNP:
         """Amortised inverse ``q_beta`` as an ``xarray.Dataset``: ``z_mean``, ``z_sd`` on
         ``z_dim`` and ``z`` draws on ``(chain, draw, z_dim)`` (one chain)."""
         points, values, w = self._check_observation(points, values, w)
-        mean, var, factor = _inverse(self, params, points, values, w)
-        draws = _gaussian(mean, var, factor).sample(key, (1, num_samples))
-        sd = jnp.sqrt(var + jnp.sum(factor**2, axis=1))
-        return xr.Dataset(
-            {
-                "z_mean": ("z_dim", np.asarray(mean)),
-                "z_sd": ("z_dim", np.asarray(sd)),
-                "z": (("chain", "draw", "z_dim"), np.asarray(draws)),
-            }
-        )
+        moments = _inverse(self, params, points, values, w)
+        return _gaussian_dataset("z", "z_dim", *moments, key, num_samples)
 
     def refinement_program(
         self, params: RGNPParams, points, values, w, noise_sd: float, q_beta_start: bool = True
@@ -489,6 +472,20 @@ def _field(model: RGNP, params: RGNPParams, z, w, points):
 @eqx.filter_jit
 def _inverse(model: RGNP, params: RGNPParams, points, values, w):
     return model.inverse(params, points, values, w)
+
+
+def _gaussian_dataset(name, dim, mean, var, factor, key, num_samples) -> xr.Dataset:
+    """``{name}_mean``, ``{name}_sd`` on ``dim`` and ``num_samples`` draws of
+    ``N(mean, diag(var) + factor factor^T)`` on ``(chain=1, draw, dim)``."""
+    draws = _gaussian(mean, var, factor).sample(key, (1, num_samples))
+    sd = jnp.sqrt(var + jnp.sum(factor**2, axis=1))
+    return xr.Dataset(
+        {
+            f"{name}_mean": (dim, np.asarray(mean)),
+            f"{name}_sd": (dim, np.asarray(sd)),
+            name: (("chain", "draw", dim), np.asarray(draws)),
+        }
+    )
 
 
 def _gaussian(mean, var, factor):
