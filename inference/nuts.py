@@ -10,6 +10,7 @@ from typing import Literal
 import blackjax
 import jax
 import numpy as np
+from numpyro import handlers
 from numpyro.infer import MCMC
 from numpyro.infer import NUTS as NumPyroNUTS
 from numpyro.infer.initialization import init_to_sample
@@ -51,6 +52,11 @@ class NUTS:
         progress_bar: show progress (NumPyro engine).
         shard: split chains across devices when there are several and they divide the
             chains; ``False`` vmaps every chain on one device.
+        sample_sites: latent sites to sample; every other latent site is held at the MAP of
+            the best chain (lowest potential), so NUTS explores a subspace posterior, e.g. a
+            Bayesian last layer plus the PDE coefficients of a B-PINN
+            (``("w4", "b4", "lambda1", "lambda2")``). Needs ``init="map"``; every chain
+            starts from that MAP. Empty (the default): sample all latent sites.
 
     Example:
         >>> posterior = NUTS(num_warmup=200, num_samples=200).run(program, jax.random.key(0))
@@ -73,8 +79,17 @@ class NUTS:
     map_lbfgs_steps: int = 0
     progress_bar: bool = True
     shard: bool = True
+    sample_sites: tuple[str, ...] = ()
 
     def __post_init__(self):
+        sites = self.sample_sites
+        if isinstance(sites, str) or not all(isinstance(s, str) for s in sites):
+            raise ValueError(f"NUTS.sample_sites must be a list of site names, got {sites!r}")
+        object.__setattr__(self, "sample_sites", tuple(sites))
+        if self.sample_sites and self.init != "map":
+            raise ValueError(
+                "NUTS.sample_sites needs init='map': the sites left out are held at the MAP"
+            )
         for name in (
             "num_warmup",
             "num_samples",
@@ -105,6 +120,7 @@ class NUTS:
             ValueError: when the program has discrete latent sites (NUTS needs gradients).
         """
         _check_continuous(program)
+        fixed_sites = _fixed_sites(program, self.sample_sites)
         run_key, predictive_key = jax.random.split(key)
         keys = chain_keys(run_key, self.num_chains)
         if self.engine == "numpyro" and self.init == "prior":
@@ -112,11 +128,20 @@ class NUTS:
             samples, stats = self._run_numpyro(program, keys, None)
         else:
             pot = potential(program, jax.random.key(0))
-            init_params = self._initial_positions(pot, keys)
+            init_params, losses = self._initial_positions(pot, keys)
+            sampled, fixed = program, {}
+            if fixed_sites:
+                sampled, pot, init_params, fixed = _subspace(
+                    program, pot, init_params, losses, fixed_sites
+                )
             if self.engine == "numpyro":
-                samples, stats = self._run_numpyro(program, keys, init_params)
+                samples, stats = self._run_numpyro(sampled, keys, init_params)
             else:
                 samples, stats = self._run_blackjax(pot, keys, init_params)
+            # Held sites enter the draws as constants, so predictions use the full model.
+            draws = next(iter(samples.values())).shape[:2]
+            for name, value in fixed.items():
+                samples[name] = np.broadcast_to(value, draws + value.shape).copy()
         settings = dataclasses.asdict(self)
         return Posterior(
             samples=samples,
@@ -133,7 +158,7 @@ class NUTS:
     def _initial_positions(self, pot, keys):
         starts = jax.vmap(lambda k: pot.init(jax.random.fold_in(k, 1)))(keys)
         if self.init == "prior":
-            return starts
+            return starts, None
         fit = map_chains(
             lambda z: fit_map(
                 pot.potential_fn, z, self.map_steps, self.map_learning_rate, self.map_lbfgs_steps
@@ -149,7 +174,7 @@ class NUTS:
                 "MAP initialisation diverged (non-finite potential); lower "
                 "map_learning_rate or use init='prior'"
             )
-        return z
+        return z, final
 
     def _run_numpyro(self, program, keys, init_params):
         kernel = NumPyroNUTS(
@@ -238,6 +263,42 @@ class NUTS:
             "acceptance_rate": np.asarray(infos.acceptance_rate),
         }
         return {k: np.asarray(v) for k, v in samples.items()}, stats
+
+
+def _fixed_sites(program: Program, sample_sites: tuple[str, ...]) -> list[str]:
+    """Latent sites outside ``sample_sites`` (none when ``sample_sites`` is empty)."""
+    if not sample_sites:
+        return []
+    trace = program.trace(jax.random.key(0))
+    latent = [n for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"]]
+    unknown = [n for n in sample_sites if n not in latent]
+    if unknown:
+        raise ValueError(
+            f"NUTS.sample_sites names {unknown}, which are not latent sites of program "
+            f"'{program.name}'; its latent sites are {latent}"
+        )
+    return [n for n in latent if n not in sample_sites]
+
+
+def _subspace(program, pot, init_params, losses, fixed_sites):
+    """Condition ``program`` on the best chain's MAP values of ``fixed_sites``.
+
+    Returns the conditioned program, its potential, every chain's start (the best chain's
+    MAP restricted to the sampled sites) and the held values (constrained, as numpy).
+    """
+    best = int(np.argmin(losses))
+    z_best = jax.tree.map(lambda x: x[best], init_params)
+    constrained = pot.postprocess_fn(z_best)
+    fixed = {n: np.asarray(constrained[n]) for n in fixed_sites}
+    log.info("subspace NUTS: holding %s at chain %d's MAP", fixed_sites, best)
+    sub = dataclasses.replace(program, fn=handlers.condition(program.fn, data=fixed))
+    num_chains = len(losses)
+    starts = {
+        n: np.broadcast_to(v, (num_chains, *v.shape)).copy()
+        for n, v in z_best.items()
+        if n not in fixed
+    }
+    return sub, potential(sub, jax.random.key(0)), starts, fixed
 
 
 def _check_continuous(program: Program) -> None:

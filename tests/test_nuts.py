@@ -106,3 +106,65 @@ def test_discrete_latents_are_rejected_before_compute():
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         inference.NUTS(**kwargs)
+
+
+@pytest.mark.parametrize("engine", ["numpyro", "blackjax"])
+def test_subspace_sampling_matches_the_exact_conditional(engine):
+    """``sample_sites``: the held site sits at the MAP, the sampled one follows its exact
+    Gaussian conditional given that MAP value."""
+    from conftest import NOISE_SD, PRIOR_SD, regression_data
+
+    def model(X, targets=None):
+        a = numpyro.sample("a", dist.Normal(0.0, PRIOR_SD))
+        beta = numpyro.sample("beta", dist.Normal(0.0, PRIOR_SD).expand([3]).to_event(1))
+        with numpyro.plate("obs", X.shape[0], dim=-1):
+            numpyro.sample("y", dist.Normal(a + X @ beta, NOISE_SD), obs=targets)
+
+    X, y = regression_data()
+    y = y + 0.7
+    program = uq.Program.from_numpyro(model, X, y)
+    backend = inference.NUTS(
+        num_warmup=300,
+        num_samples=500,
+        num_chains=4,
+        engine=engine,
+        init="map",
+        map_steps=2000,
+        map_learning_rate=0.05,
+        map_lbfgs_steps=50,
+        sample_sites=["a"],
+        progress_bar=False,
+    )
+    posterior = backend.run(program, jax.random.key(2))
+    # Joint posterior (Gaussian): its mode is its mean, the MAP the held beta must sit at.
+    Xa = np.column_stack([np.ones(len(y)), X])
+    precision = Xa.T @ Xa / NOISE_SD**2 + np.eye(4) / PRIOR_SD**2
+    joint_mean = np.linalg.solve(precision, Xa.T @ y / NOISE_SD**2)
+    beta = posterior.samples["beta"]
+    assert beta.shape == (4, 500, 3)
+    assert np.ptp(beta.reshape(-1, 3), axis=0).max() == 0.0
+    np.testing.assert_allclose(beta[0, 0], joint_mean[1:], atol=1e-3)
+    # Conditional of a given beta: precision n / s^2 + 1 / t^2.
+    cond_prec = len(y) / NOISE_SD**2 + 1 / PRIOR_SD**2
+    cond_mean = np.sum(y - X @ beta[0, 0]) / NOISE_SD**2 / cond_prec
+    a = posterior.samples["a"]
+    assert a.shape == (4, 500)
+    mcse_mean = azs.mcse(posterior.to_datatree(), var_names=["a"], method="mean")
+    mcse = float(mcse_mean.to_dataset()["a"].values)
+    assert abs(a.mean() - cond_mean) / mcse < 3
+    assert abs(a.std() - cond_prec**-0.5) / (cond_prec**-0.5) < 0.1
+    # Diagnostics judge the sampled site and call the held one held, not unmixed.
+    rows = {r.name.split("[")[0]: r for r in uq.diagnostics.check(posterior.to_datatree()).rows}
+    assert rows["beta"].verdict == "held" and rows["beta"].rhat is None
+    assert rows["a"].rhat is not None and rows["a"].rhat < 1.01
+
+
+def test_subspace_sampling_checks_its_settings(regression):
+    program, *_ = regression
+    with pytest.raises(ValueError, match="init='map'"):
+        inference.NUTS(sample_sites=["beta"])
+    with pytest.raises(ValueError, match="sample_sites"):
+        inference.NUTS(sample_sites="beta", init="map")
+    backend = inference.NUTS(sample_sites=["gamma"], init="map", progress_bar=False)
+    with pytest.raises(ValueError, match="gamma.*latent sites"):
+        backend.run(program, jax.random.key(0))

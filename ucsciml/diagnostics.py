@@ -183,12 +183,16 @@ def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
         return []
     ds = post[names]
     mean, sd = ds.mean(("chain", "draw")), ds.std(("chain", "draw"))
-    if mixing_applies:
-        sub = xr.DataTree.from_dict({"posterior": ds})
-        rhat = azs.rhat(sub, method="rank").to_dataset()
-        ess_b = azs.ess(sub, method="bulk").to_dataset()
-        ess_t = azs.ess(sub, method="tail").to_dataset()
-        mcse = azs.mcse(sub, method="mean").to_dataset()
+    moving = [n for n in names if np.ptp(np.asarray(ds[n].values)) > 0]
+    if mixing_applies and moving:
+        sub = xr.DataTree.from_dict({"posterior": ds[moving]})
+        # Constant elements of a moving array give 0/0 inside ArviZ; they are reported as
+        # held below, so their NaN never reaches a verdict.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rhat = azs.rhat(sub, method="rank").to_dataset()
+            ess_b = azs.ess(sub, method="bulk").to_dataset()
+            ess_t = azs.ess(sub, method="tail").to_dataset()
+            mcse = azs.mcse(sub, method="mean").to_dataset()
     rows = []
     for name in names:
         if (
@@ -203,7 +207,11 @@ def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
             def pick(x, sel=sel):
                 return x if sel is None else x.isel(sel)
 
-            if not mixing_applies:
+            values = np.asarray(pick(ds[name]).values)
+            if not mixing_applies or np.ptp(values) == 0:
+                # A quantity that never moves (e.g. a site held fixed by subspace NUTS) has
+                # no R-hat or ESS to judge: report its value and say it was held.
+                held = mixing_applies
                 rows.append(
                     Row(
                         label,
@@ -213,7 +221,7 @@ def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
                         None,
                         None,
                         None,
-                        "n/a",
+                        "held" if held else "n/a",
                     )
                 )
                 continue
