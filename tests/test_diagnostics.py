@@ -87,3 +87,19 @@ def test_tree_without_posterior():
 
     with pytest.raises(ValueError, match="no 'posterior' group"):
         uq.diagnostics.check(xr.DataTree())
+
+
+def test_constant_quantities_are_not_called_unmixed():
+    # Field values pinned by hard constraints never move: R-hat is 0/0 for them. A field
+    # with every value pinned is reported constant; a partly pinned one is judged on the rest.
+    tree = _tree([1.0] * 4)
+    post = tree["posterior"].to_dataset()
+    pinned = post["u"].copy(data=np.broadcast_to(np.arange(5.0), post["u"].shape).copy())
+    partly = post["u"].copy()
+    partly[..., 0] = 3.0
+    for u, verdict in ((pinned, "constant"), (partly, "pass")):
+        tree["posterior"] = post.assign(u=u)
+        diag = uq.diagnostics.check(tree)
+        row = next(r for r in diag.rows if r.name.startswith("u"))
+        assert row.verdict == verdict
+        assert diag.verdict == "pass" and "did NOT mix" not in diag.to_text()

@@ -153,9 +153,9 @@ def test_subspace_sampling_matches_the_exact_conditional(engine):
     mcse = float(mcse_mean.to_dataset()["a"].values)
     assert abs(a.mean() - cond_mean) / mcse < 3
     assert abs(a.std() - cond_prec**-0.5) / (cond_prec**-0.5) < 0.1
-    # Diagnostics judge the sampled site and call the held one held, not unmixed.
+    # Diagnostics judge the sampled site and call the held one constant, not unmixed.
     rows = {r.name.split("[")[0]: r for r in uq.diagnostics.check(posterior.to_datatree()).rows}
-    assert rows["beta"].verdict == "held" and rows["beta"].rhat is None
+    assert rows["beta"].verdict == "constant" and rows["beta"].rhat is None
     assert rows["a"].rhat is not None and rows["a"].rhat < 1.01
 
 

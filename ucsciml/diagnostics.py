@@ -183,11 +183,11 @@ def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
         return []
     ds = post[names]
     mean, sd = ds.mean(("chain", "draw")), ds.std(("chain", "draw"))
-    moving = [n for n in names if np.ptp(np.asarray(ds[n].values)) > 0]
+    moving = [n for n in names if not _constant(ds[n])]
     if mixing_applies and moving:
         sub = xr.DataTree.from_dict({"posterior": ds[moving]})
-        # Constant elements of a moving array give 0/0 inside ArviZ; they are reported as
-        # held below, so their NaN never reaches a verdict.
+        # Constant elements of a moving array give 0/0 inside ArviZ; their NaN is skipped
+        # when the worst element is taken, so it never reaches a verdict.
         with np.errstate(invalid="ignore", divide="ignore"):
             rhat = azs.rhat(sub, method="rank").to_dataset()
             ess_b = azs.ess(sub, method="bulk").to_dataset()
@@ -207,10 +207,9 @@ def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
             def pick(x, sel=sel):
                 return x if sel is None else x.isel(sel)
 
-            values = np.asarray(pick(ds[name]).values)
-            if not mixing_applies or np.ptp(values) == 0:
-                # A quantity that never moves (e.g. a site held fixed by subspace NUTS) has
-                # no R-hat or ESS to judge: report its value and say it was held.
+            if not mixing_applies or _constant(pick(ds[name])):
+                # A quantity that never moves (a site held by subspace NUTS, a field value
+                # pinned by hard constraints) has no R-hat or ESS to judge: say it is constant.
                 held = mixing_applies
                 rows.append(
                     Row(
@@ -221,7 +220,7 @@ def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
                         None,
                         None,
                         None,
-                        "held" if held else "n/a",
+                        "constant" if held else "n/a",
                     )
                 )
                 continue
@@ -242,6 +241,11 @@ def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
                 )
             )
     return rows
+
+
+def _constant(da: xr.DataArray) -> bool:
+    """True when no element of ``da`` changes over chains and draws."""
+    return bool((da.max(("chain", "draw")) == da.min(("chain", "draw"))).all())
 
 
 def _elements(da: xr.DataArray) -> list[tuple[str, dict | None]]:
