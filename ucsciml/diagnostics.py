@@ -210,7 +210,6 @@ def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
             if not mixing_applies or _constant(pick(ds[name])):
                 # A quantity that never moves (a site held by subspace NUTS, a field value
                 # pinned by hard constraints) has no R-hat or ESS to judge: say it is constant.
-                held = mixing_applies
                 rows.append(
                     Row(
                         label,
@@ -220,7 +219,7 @@ def _rows(tree, post, physical, fields, mixing_applies) -> list[Row]:
                         None,
                         None,
                         None,
-                        "constant" if held else "n/a",
+                        "constant" if mixing_applies else "n/a",
                     )
                 )
                 continue
