@@ -1,8 +1,10 @@
-"""The Laplace approximation: a Gaussian at the MAP in unconstrained space."""
+"""The Laplace approximation: a Gaussian at the MAP in unconstrained space, or an
+equal-weight mixture of Gaussians at several MAP modes."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Literal
@@ -13,6 +15,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ucsciml._types import PRNGKey
+from ucsciml.inference._chains import chain_keys
 from ucsciml.inference._map import check_continuous, fit_map, potential
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
@@ -35,6 +38,27 @@ class Laplace:
     positive parameter gets a log-normal approximation. Draws are laid out as
     ``(chain=1, draw=num_samples)``.
 
+    **Mixture over modes.** With ``num_modes = M > 1``, ``M`` MAP fits start from
+    independent prior draws (init key ``fold_in(k, m)`` for mode ``m``) as one ``vmap`` (one
+    compilation), each gets its own Hessian, and the approximation is the equal-weight mixture
+
+    .. math::
+        q(z) = \frac1M \sum_{m=1}^{M} \mathcal N\big(\hat z_m,\ H_m^{-1}\big),
+
+    laid out as ``(chain=M, draw=num_samples)``: the chain axis is the mode. Pooled
+    statistics over ``(chain, draw)`` are mixture statistics, and by the law of total
+    variance the pooled variance is the within-mode part (each Gaussian's own spread) plus
+    the between-mode part (disagreement of the MAP modes);
+    :func:`ucsciml.diagnostics.check` reports the two separately. Equal weights give each
+    fit one vote, so a mode is weighted by how many starts reach it (its basin under the
+    optimiser), not by its posterior mass, and duplicate modes are kept; stacking weights
+    (Yao, Vehtari & Gelman 2022) are the principled refinement and are not implemented.
+    ``Posterior.attrs["optimization"]["map_spread_ratio"]`` is the largest, over unconstrained
+    coordinates, of the variance of the MAPs across modes over the mean Laplace variance: 0
+    when every fit found the same mode (for network weights, permutation-equivalent modes make
+    it large even when the functions agree). Modes run vmapped on the default device; their
+    Hessians are taken one mode at a time (``lax.map``) to keep memory at one mode's.
+
     **Hessian.** ``hessian="full"`` forms the dense ``d x d`` Hessian column by column
     (``d`` Hessian-vector products in batches, ``O(d^2)`` memory for the result, one
     eigendecomposition, ``O(d^3)``): right for small models and for
@@ -48,25 +72,30 @@ class Laplace:
     ``max(|lambda|, min_eigenvalue)``. The default floor 1 is a prior-scale precision: at a
     true minimum the prior term alone (e.g. ``N(0, s^2)`` weights, ``s <= 1``) contributes
     at least ``1/s^2`` in every direction, so a smaller eigenvalue signals a saddle, not
-    certainty. The count repaired is logged and stored in ``Posterior.attrs["optimization"]``.
+    certainty. The count repaired is logged and stored in ``Posterior.attrs["optimization"]``
+    (per mode in ``floored_eigenvalues_per_mode``, with ``final_loss_per_mode``).
 
     Args:
         map_steps: Adam steps to the mode.
         learning_rate: Adam's initial rate (decays to 1%).
         lbfgs_steps: L-BFGS polishing steps.
-        num_samples: Gaussian draws.
+        num_samples: Gaussian draws (per mode).
         hessian: ``"auto"``, ``"full"`` or ``"diagonal"``.
         max_full_dim: largest dimension ``"auto"`` treats with the full Hessian.
         min_eigenvalue: floor on the magnitude of Hessian eigenvalues (a precision in
             unconstrained units; 1 caps any direction's sd at 1).
+        num_modes: MAP fits from independent starts, mixed with equal weights (1: the
+            classic single-mode Laplace approximation).
 
     Example:
         >>> posterior = Laplace().run(program, jax.random.key(0))  # doctest: +SKIP
+        >>> mixture = Laplace(num_modes=8).run(program, jax.random.key(0))  # doctest: +SKIP
 
     References:
         MacKay (1992), A practical Bayesian framework for backpropagation networks, Neural
         Computation 4(3). Daxberger et al. (2021), Laplace redux: effortless Bayesian deep
-        learning, NeurIPS.
+        learning, NeurIPS. Yao, Vehtari & Gelman (2022), Stacking for non-mixing Bayesian
+        computations: the curse and blessing of multimodal posteriors, JMLR 23(79).
     """
 
     map_steps: int = 3000
@@ -76,9 +105,16 @@ class Laplace:
     hessian: Literal["auto", "full", "diagonal"] = "auto"
     max_full_dim: int = 4000
     min_eigenvalue: float = 1.0
+    num_modes: int = 1
 
     def __post_init__(self):
-        low = {"map_steps": 0, "lbfgs_steps": 0, "num_samples": 1, "max_full_dim": 1}
+        low = {
+            "map_steps": 0,
+            "lbfgs_steps": 0,
+            "num_samples": 1,
+            "max_full_dim": 1,
+            "num_modes": 1,
+        }
         for name, minimum in low.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -94,11 +130,12 @@ class Laplace:
                 raise ValueError(f"Laplace.{name} must be > 0, got {getattr(self, name)!r}")
 
     def run(self, program: Program, key: PRNGKey) -> Posterior:
-        """Find the mode of ``program``'s posterior and draw from the Gaussian there.
+        """Find the mode(s) of ``program``'s posterior and draw from the Gaussian at each.
 
         Raises:
             ValueError: for discrete latent sites (no Hessian), before any compute.
-            FloatingPointError: when the MAP fit ends at a non-finite potential.
+            FloatingPointError: when every MAP fit ends at a non-finite potential (with
+                several modes, non-finite ones are logged and kept).
         """
         check_continuous(program, "Laplace")
         init_key, draw_key, predictive_key = jax.random.split(key, 3)
@@ -106,6 +143,7 @@ class Laplace:
         z0 = pot.init(init_key)
         flat0, unravel = ravel_pytree(z0)
         dim = flat0.shape[0]
+        num_modes = self.num_modes
         mode_of = (
             "full"
             if self.hessian == "full" or (self.hessian == "auto" and dim <= self.max_full_dim)
@@ -115,45 +153,68 @@ class Laplace:
         def flat_potential(flat):
             return pot.potential_fn(unravel(flat))
 
-        @jax.jit
-        def fit(flat):
-            mode, losses = fit_map(
+        def find_mode(flat):
+            return fit_map(
                 flat_potential, flat, self.map_steps, self.learning_rate, self.lbfgs_steps
             )
+
+        def fit(flat):
+            mode, losses = find_mode(flat)
             return mode, losses, _precision(flat_potential, mode, mode_of)
 
-        mode, losses, precision = fit(flat0)
-        final = float(losses[-1])
-        if not np.isfinite(final):
-            raise FloatingPointError(
-                "Laplace MAP fit ended at a non-finite potential; lower learning_rate"
-            )
-        draws, floored, min_eig = _gaussian_draws(
-            draw_key, mode, precision, self.num_samples, self.min_eigenvalue
+        def fit_modes(keys):
+            starts = jax.vmap(lambda k: ravel_pytree(pot.init(k))[0])(keys)
+            modes, losses = jax.vmap(find_mode)(starts)
+            precisions = jax.lax.map(lambda m: _precision(flat_potential, m, mode_of), modes)
+            return modes, losses, precisions
+
+        draw = functools.partial(
+            _gaussian_draws, num_samples=self.num_samples, floor=self.min_eigenvalue
         )
-        if floored:
-            log.warning(
-                "Laplace: %d of %d Hessian eigenvalues were below %g (smallest %.3g) and were "
-                "replaced by max(|eigenvalue|, floor): the fit stopped near a saddle or flat "
-                "direction; more map_steps/lbfgs_steps may help",
-                floored,
-                dim,
-                self.min_eigenvalue,
-                min_eig,
+        if num_modes == 1:
+            # The single-mode path is kept as it was, so its draws are unchanged bit for bit.
+            mode, losses, precision = jax.jit(fit)(flat0)
+            modes, losses = mode[None], losses[None]
+            draws, eigenvalues, variance = jax.tree.map(
+                lambda x: x[None], draw(draw_key, mode, precision)
             )
-        constrained = jax.jit(jax.vmap(lambda f: pot.postprocess_fn(unravel(f))))(draws)
+        else:
+            modes, losses, precisions = jax.jit(fit_modes)(chain_keys(init_key, num_modes))
+            draws, eigenvalues, variance = jax.jit(jax.vmap(draw))(
+                chain_keys(draw_key, num_modes), modes, precisions
+            )
+        # Host copies: iterating a device array slices it element by element.
+        losses, eigenvalues = np.asarray(losses), np.asarray(eigenvalues)
+        final = losses[:, -1].astype(float)
+        _check_finite(final)
+        floored = (eigenvalues < self.min_eigenvalue).sum(axis=-1).tolist()
+        min_eig = eigenvalues.min(axis=-1).astype(float).tolist()
+        _log_floored(floored, min_eig, dim, self.min_eigenvalue)
+        flat_draws = draws.reshape(num_modes * self.num_samples, dim)
+        constrained = jax.jit(jax.vmap(lambda f: pot.postprocess_fn(unravel(f))))(flat_draws)
+        best = int(np.nanargmin(np.where(np.isfinite(final), final, np.nan)))
         optimization = {
             "objective": "negative log joint (unconstrained)",
-            "final_loss": final,
+            "num_modes": num_modes,
+            "final_loss": float(final[best]),
+            "final_loss_per_mode": final.tolist(),
             "hessian": mode_of,
             "dimension": dim,
-            "floored_eigenvalues": floored,
-            "min_eigenvalue": min_eig,
-            "trace_every": max(1, -(-losses.shape[0] // 200)),
+            "floored_eigenvalues": sum(floored),
+            "floored_eigenvalues_per_mode": floored,
+            "min_eigenvalue": float(np.min(min_eig)),
+            "min_eigenvalue_per_mode": min_eig,
+            "trace_every": max(1, -(-losses.shape[1] // 200)),
         }
-        optimization["trace"] = [float(x) for x in losses[:: optimization["trace_every"]]]
+        if num_modes > 1:
+            optimization["trace_mode"] = best
+            optimization["map_spread_ratio"] = _spread_ratio(modes, variance)
+        optimization["trace"] = losses[best, :: optimization["trace_every"]].astype(float).tolist()
         return Posterior(
-            samples={k: np.asarray(v)[None] for k, v in constrained.items()},
+            samples={
+                k: np.asarray(v).reshape(num_modes, self.num_samples, *v.shape[1:])
+                for k, v in constrained.items()
+            },
             program=program,
             key=predictive_key,
             kind="laplace",
@@ -189,14 +250,74 @@ def _precision(flat_potential, mode: jax.Array, form: str) -> jax.Array:
 
 
 def _gaussian_draws(key, mode, precision, num_samples, floor):
-    """Draws ``mode + H^{-1/2} eps`` with eigenvalues of ``H`` set to ``max(|l|, floor)``."""
+    r"""Draws ``mode + H^{-1/2} eps`` with eigenvalues of ``H`` set to ``max(|l|, floor)``.
+
+    Returns the draws ``(num_samples, d)``, the raw eigenvalues ``(d,)`` and the marginal
+    variances :math:`\mathrm{diag}(\tilde H^{-1})` ``(d,)`` of the repaired Gaussian.
+    """
     eps = jax.random.normal(key, (num_samples, mode.shape[0]), dtype=mode.dtype)
     if precision.ndim == 1:
         eigenvalues = precision
-        scaled = eps / jnp.sqrt(jnp.maximum(jnp.abs(eigenvalues), floor))
+        repaired = jnp.maximum(jnp.abs(eigenvalues), floor)
+        scaled = eps / jnp.sqrt(repaired)
+        variance = 1.0 / repaired
     else:
         symmetric = 0.5 * (precision + precision.T)
         eigenvalues, vectors = jnp.linalg.eigh(symmetric)
-        scaled = (eps / jnp.sqrt(jnp.maximum(jnp.abs(eigenvalues), floor))) @ vectors.T
-    floored = int(jnp.sum(eigenvalues < floor))
-    return mode + scaled, floored, float(jnp.min(eigenvalues))
+        repaired = jnp.maximum(jnp.abs(eigenvalues), floor)
+        scaled = (eps / jnp.sqrt(repaired)) @ vectors.T
+        variance = (vectors**2) @ (1.0 / repaired)
+    return mode + scaled, eigenvalues, variance
+
+
+def _spread_ratio(modes: jax.Array, variance: jax.Array) -> float:
+    r""":math:`\max_i \mathrm{Var}_m(\hat z_{m,i}) / \overline{\Sigma_{m,ii}}` over finite modes."""
+    modes, variance = np.asarray(modes, dtype=float), np.asarray(variance, dtype=float)
+    finite = np.isfinite(modes).all(axis=1) & np.isfinite(variance).all(axis=1)
+    if finite.sum() < 2:
+        return float("nan")
+    return float(np.max(modes[finite].var(axis=0) / variance[finite].mean(axis=0)))
+
+
+def _check_finite(final: np.ndarray) -> None:
+    """Raise when every mode's fit ended non-finite; log the non-finite ones otherwise."""
+    bad = np.flatnonzero(~np.isfinite(final))
+    if bad.size == final.size:
+        which = "" if final.size == 1 else f" in all {final.size} modes"
+        raise FloatingPointError(
+            f"Laplace MAP fit ended at a non-finite potential{which}; lower learning_rate"
+        )
+    if bad.size:
+        log.warning(
+            "Laplace: modes %s of %d ended at a non-finite potential; they are kept in the "
+            "equal-weight mixture (chain axis) but their draws are not trustworthy: lower "
+            "learning_rate",
+            bad.tolist(),
+            final.size,
+        )
+
+
+def _log_floored(floored: list[int], min_eig: list[float], dim: int, floor: float) -> None:
+    if len(floored) == 1 and floored[0]:
+        log.warning(
+            "Laplace: %d of %d Hessian eigenvalues were below %g (smallest %.3g) and were "
+            "replaced by max(|eigenvalue|, floor): the fit stopped near a saddle or flat "
+            "direction; more map_steps/lbfgs_steps may help",
+            floored[0],
+            dim,
+            floor,
+            min_eig[0],
+        )
+    elif len(floored) > 1 and any(floored):
+        log.warning(
+            "Laplace: Hessian eigenvalues below %g (of %d per mode) were replaced by "
+            "max(|eigenvalue|, floor) in %d of %d modes (counts per mode %s, smallest %.3g): "
+            "those fits stopped near a saddle or flat direction; more map_steps/lbfgs_steps "
+            "may help",
+            floor,
+            dim,
+            sum(1 for n in floored if n),
+            len(floored),
+            floored,
+            min(min_eig),
+        )

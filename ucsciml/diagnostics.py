@@ -6,7 +6,9 @@ physical parameters and on predictions (deterministic fields), never on raw netw
 whose permutation symmetry makes cross-chain R-hat meaningless. Divergences, BFMI and
 tree-depth saturation come from ``sample_stats``. Backends whose draws are independent
 (variational, Laplace, dropout) or whose chains are ensemble members get the checks that
-apply to them and a sentence saying which do not.
+apply to them and a sentence saying which do not. A mixture of Laplace approximations
+(``Laplace(num_modes > 1)``, one chain per mode) instead gets its pooled variance split into
+within-mode and between-mode parts (:func:`variance_decomposition`).
 
 References:
     Vehtari, Gelman, Simpson, Carpenter & Bürkner (2021), Rank-normalization, folding, and
@@ -44,6 +46,19 @@ class Row:
 
 
 @dataclass(frozen=True)
+class ModeSplit:
+    """Within-mode and between-mode sd of one quantity of a mixture over modes (chains).
+
+    Computed from the draws, so ``between_sd`` includes the Monte Carlo error of each mode's
+    mean, about ``within_sd / sqrt(num_draws)``, even when every mode is the same point.
+    """
+
+    name: str
+    within_sd: float
+    between_sd: float
+
+
+@dataclass(frozen=True)
 class Diagnostics:
     """The outcome of :func:`check`: rows, sampler checks, an overall verdict and messages."""
 
@@ -56,6 +71,7 @@ class Diagnostics:
     max_treedepth_fraction: float | None = None
     verdict: str = "pass"
     messages: tuple[str, ...] = field(default_factory=tuple)
+    mode_splits: tuple[ModeSplit, ...] | None = None
 
     @property
     def converged(self) -> bool:
@@ -74,6 +90,11 @@ class Diagnostics:
             "max_treedepth_fraction": self.max_treedepth_fraction,
             "messages": list(self.messages),
             "rows": [row.__dict__ for row in self.rows],
+            "mode_splits": (
+                [split.__dict__ for split in self.mode_splits]
+                if self.mode_splits is not None
+                else None
+            ),
         }
 
     def to_text(self) -> str:
@@ -87,6 +108,12 @@ class Diagnostics:
             )
         lines.append("")
         lines.append(f"{self.kind}: {self.num_chains} chain(s) x {self.num_draws} draw(s)")
+        if self.mode_splits:
+            lines.append(f"{'quantity':<28}{'within-mode sd':>16}{'between-mode sd':>17}")
+            lines.extend(
+                f"{m.name[:27]:<28}{_fmt(m.within_sd, 16)}{_fmt(m.between_sd, 17)}"
+                for m in self.mode_splits
+            )
         if self.divergences is not None:
             lines.append(f"divergences: {self.divergences}")
         if self.bfmi is not None:
@@ -122,7 +149,13 @@ def check(tree: xr.DataTree) -> Diagnostics:
     messages: list[str] = []
     mixing_applies = kind == "mcmc" and num_chains >= 2 and num_draws >= 4
     rows = _rows(tree, post, physical, fields, mixing_applies)
-    if kind != "mcmc":
+    mode_splits = None
+    if kind == "laplace" and num_chains > 1:
+        # The chain axis of a Laplace posterior is its mode (see inference.Laplace).
+        messages.append(_not_applicable("laplace-mixture", num_chains))
+        mode_splits = _mode_splits(post, physical)
+        messages.extend(_mode_messages(mode_splits, num_chains))
+    elif kind != "mcmc":
         messages.append(_not_applicable(kind))
     elif num_chains < 2:
         messages.append("R-hat needs at least 2 chains; run more chains to judge mixing.")
@@ -164,7 +197,128 @@ def check(tree: xr.DataTree) -> Diagnostics:
         depth_fraction,
         verdict,
         tuple(messages),
+        tuple(mode_splits) if mode_splits is not None else None,
     )
+
+
+def variance_decomposition(
+    data: xr.DataTree | xr.Dataset, var: str, sel: dict[str, Any] | None = None
+) -> dict[str, float]:
+    r"""Split the pooled variance of a scalar quantity into within- and between-chain parts.
+
+    For draws :math:`x_{mn}` of chain :math:`m \le M`, draw :math:`n \le N` (equal weights),
+    the law of total variance with population (``ddof=0``) variances is exact:
+
+    .. math::
+        \underbrace{\frac{1}{MN}\sum_{m,n}(x_{mn}-\bar x)^2}_{\text{pooled}}
+        = \underbrace{\frac1M\sum_m \frac1N\sum_n (x_{mn}-\bar x_m)^2}_{W:\ \text{within}}
+        + \underbrace{\frac1M\sum_m (\bar x_m-\bar x)^2}_{B:\ \text{between}}.
+
+    For a mixture over modes (``inference.Laplace(num_modes=M)``, chain = mode) ``W`` is the
+    mixture components' own uncertainty and ``B`` the disagreement of the modes. (R-hat's
+    ``B`` is ``N`` times this one, with ``ddof=1``.)
+
+    Args:
+        data: a posterior DataTree (its ``posterior`` group is used) or a Dataset with
+            ``chain`` and ``draw`` dims.
+        var: name of the variable.
+        sel: element of a vector variable, e.g. ``{"feature": 0}`` (``isel`` indices).
+
+    Returns:
+        ``within``, ``between``, ``pooled`` (computed directly, so ``within + between ==
+        pooled`` up to rounding), their square roots ``within_sd``, ``between_sd``,
+        ``pooled_sd``, and ``num_chains``, ``num_draws``.
+
+    Raises:
+        ValueError: when the variable is missing or is not scalar per draw.
+
+    Example:
+        >>> variance_decomposition(tree, "theta")["between_sd"]  # doctest: +SKIP
+
+    References:
+        Gelman & Rubin (1992), Inference from iterative simulation using multiple sequences,
+        Statistical Science 7(4) (the within/between split behind R-hat).
+    """
+    if isinstance(data, xr.DataTree):
+        if "posterior" not in data.children:
+            raise ValueError(
+                "this DataTree has no 'posterior' group; pass a tree from "
+                "Posterior.to_datatree() or a Dataset with chain and draw dims"
+            )
+        data = data["posterior"].to_dataset()
+    if var not in data:
+        raise ValueError(f"no variable {var!r}; available: {sorted(map(str, data.data_vars))}")
+    da = data[var] if sel is None else data[var].isel(sel)
+    if set(da.dims) != {"chain", "draw"}:
+        extra = [d for d in da.dims if d not in ("chain", "draw")]
+        raise ValueError(
+            f"variance_decomposition needs a scalar per (chain, draw); {var!r} has dims "
+            f"{tuple(da.dims)}. Pick one element with sel, e.g. sel={{{extra[0]!r}: 0}}"
+            if extra
+            else f"variance_decomposition needs dims (chain, draw); {var!r} has {tuple(da.dims)}"
+        )
+    within, between = _within_between(da)
+    values = np.asarray(da.values, dtype=float)
+    pooled, within, between = float(values.var()), float(within), float(between)
+    return {
+        "within": within,
+        "between": between,
+        "pooled": pooled,
+        "within_sd": float(np.sqrt(within)),
+        "between_sd": float(np.sqrt(between)),
+        "pooled_sd": float(np.sqrt(pooled)),
+        "num_chains": int(da.sizes["chain"]),
+        "num_draws": int(da.sizes["draw"]),
+    }
+
+
+def _within_between(da: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """Elementwise within-chain and between-chain variances (``ddof=0``, float64)."""
+    da = da.astype(float)
+    return da.var("draw").mean("chain"), da.mean("draw").var("chain")
+
+
+def _mode_splits(post: xr.Dataset, physical: list[str]) -> list[ModeSplit]:
+    """Within/between-mode sd of each physical parameter (element by element when small,
+    else the element whose modes disagree most)."""
+    splits = []
+    for name in physical:
+        within, between = _within_between(post[name])
+        if within.size <= _MAX_ELEMENTS:
+            for label, sel in _elements(post[name]):
+                w, b = (within, between) if sel is None else (within.isel(sel), between.isel(sel))
+                splits.append(ModeSplit(label, float(np.sqrt(w)), float(np.sqrt(b))))
+            continue
+        flat_b = np.asarray(between.values, dtype=float).ravel()
+        i = int(np.nanargmax(flat_b)) if not np.isnan(flat_b).all() else 0
+        w = float(np.asarray(within.values, dtype=float).ravel()[i])
+        label = f"{name} (most split of {within.size})"
+        splits.append(ModeSplit(label, float(np.sqrt(w)), float(np.sqrt(flat_b[i]))))
+    return splits
+
+
+def _mode_messages(splits: list[ModeSplit], num_modes: int) -> list[str]:
+    if not splits:
+        return []
+
+    def ratio(m: ModeSplit) -> float:
+        if m.within_sd > 0:
+            return m.between_sd / m.within_sd
+        return float("inf") if m.between_sd > 0 else 0.0
+
+    worst = max(splits, key=lambda m: np.nan_to_num(ratio(m), nan=-1.0))
+    head = (
+        f"mixture of {num_modes} Laplace modes: pooled variance = within-mode + between-mode "
+        f"variance. Largest between- vs within-mode sd: {worst.name} "
+        f"({worst.between_sd:.3g} vs {worst.within_sd:.3g})"
+    )
+    if ratio(worst) > 1:
+        return [
+            head + ": the modes disagree by more than each mode's own uncertainty, so the "
+            "pooled intervals are mostly the spread between modes. Compare the modes' final "
+            "losses (optimization attrs) to see whether they are equally good fits."
+        ]
+    return [head + ": the modes agree to within each mode's uncertainty."]
 
 
 def _split_variables(tree: xr.DataTree, post: xr.Dataset) -> tuple[list[str], list[str]]:
@@ -297,8 +451,14 @@ def _low(bfmi) -> bool:
     return bfmi is not None and min(bfmi) < BFMI_MIN
 
 
-def _not_applicable(kind: str) -> str:
+def _not_applicable(kind: str, num_modes: int = 1) -> str:
     reasons = {
+        "laplace-mixture": (
+            f"the {num_modes} chains are the components of an equal-weight mixture of "
+            "Gaussians at different MAP modes, which are meant to differ; R-hat across a "
+            "mixture's components measures how far apart the modes are, not whether chains "
+            "mixed, so it is not computed"
+        ),
         "variational": "draws are independent samples from a fitted variational approximation",
         "laplace": "draws are independent samples from a Gaussian at the mode",
         "dropout": (
