@@ -60,7 +60,8 @@ def potential_family(
 
     Returns:
         ``make(**kwargs) -> potential_fn`` and ``postprocess(**kwargs) -> postprocess_fn``
-        (``kwargs`` may be traced, inside ``vmap``/``scan``), and ``init(key)``: an
+        (``kwargs`` may be traced, inside ``vmap``/``scan``; a ``targets`` keyword replaces
+        the program's observations, e.g. replicate datasets), and ``init(key)``: an
         unconstrained prior draw of the latent sites.
     """
     args = (program.inputs,)
@@ -81,10 +82,12 @@ def potential_family(
         return info.z
 
     def make(**extra):
-        return potential_gen(*args, targets=program.targets, **extra)
+        extra.setdefault("targets", program.targets)
+        return potential_gen(*args, **extra)
 
     def postprocess(**extra):
-        return postprocess_gen(*args, targets=program.targets, **extra)
+        extra.setdefault("targets", program.targets)
+        return postprocess_gen(*args, **extra)
 
     return PotentialFamily(make, init, postprocess)
 

@@ -18,6 +18,7 @@ from ucsciml._types import Array
 from ucsciml.pde import AbstractPDE, Unknown, derivatives
 from ucsciml.program import Program
 
+_RESIDUAL_AT = ("collocation", "sensors", "sensors+collocation")
 _ACTIVATIONS = {"tanh": jnp.tanh, "sin": jnp.sin, "gelu": jax.nn.gelu, "softplus": jax.nn.softplus}
 
 
@@ -54,7 +55,13 @@ class BayesianPINN:
         noise_std: data noise sd: a number, :class:`Unknown`, or ``None`` to use the data's
             per-sensor ``noise_std``.
         residual_std: ``sigma_r`` of the residual pseudo-likelihood, a number or :class:`Unknown`.
-        num_collocation: residual points.
+        num_collocation: Halton residual points (used when ``residual_at`` includes
+            ``"collocation"``).
+        residual_at: where the PDE residual is evaluated: ``"collocation"`` (Halton points
+            over the domain), ``"sensors"`` (only at the sensor locations, as Raissi et al.
+            2019 do for inverse problems: the residual is never asked to hold where the data
+            cannot pin a sharp front, so it cannot outvote them there), or
+            ``"sensors+collocation"`` (both).
         hard_constraints: use the PDE's ansatz for initial/boundary conditions.
         dropout: rate ``p`` of MC dropout on hidden units. When ``> 0`` the model adds
             Bernoulli(1 - p) keep-mask sites ``dropout{l}`` (one mask per unit, shared by all
@@ -77,6 +84,7 @@ class BayesianPINN:
     noise_std: float | Unknown | None = None
     residual_std: float | Unknown = 0.05
     num_collocation: int = 1000
+    residual_at: str = "collocation"
     hard_constraints: bool = False
     dropout: float = 0.0
 
@@ -93,6 +101,11 @@ class BayesianPINN:
             raise ValueError(
                 f"BayesianPINN.activation must be one of {sorted(_ACTIVATIONS)}, "
                 f"got {self.activation!r}"
+            )
+        if self.residual_at not in _RESIDUAL_AT:
+            raise ValueError(
+                f"BayesianPINN.residual_at must be one of {list(_RESIDUAL_AT)}, "
+                f"got {self.residual_at!r}"
             )
         if not self.prior_scale > 0:
             raise ValueError(f"BayesianPINN.prior_scale must be > 0, got {self.prior_scale}")
@@ -126,6 +139,15 @@ class BayesianPINN:
         unit = halton.random(self.num_collocation + 1)[1:]
         return lo + unit * (hi - lo)
 
+    def residual_points(self, sensor_points: np.ndarray) -> np.ndarray:
+        """The points where the residual likelihood is evaluated (see ``residual_at``)."""
+        parts = []
+        if self.residual_at.startswith("sensors"):
+            parts.append(np.asarray(sensor_points, dtype=float))
+        if self.residual_at.endswith("collocation"):
+            parts.append(self.collocation_points())
+        return np.concatenate(parts, axis=0)
+
     def compile(self, data: xr.Dataset) -> Program:
         """Compile against sensor data whose coordinates are the PDE's coordinates."""
         sensor_data.validate(data)
@@ -154,7 +176,7 @@ class BayesianPINN:
         inputs = {
             "points": jnp.asarray(points),
             "noise_std": None if noise is None else jnp.asarray(noise),
-            "collocation": jnp.asarray(self.collocation_points()),
+            "collocation": jnp.asarray(self.residual_points(points)),
         }
         mean_noise = None if noise is None else float(np.mean(noise))
         layers = self._layer_shapes()

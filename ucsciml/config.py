@@ -42,12 +42,14 @@ import numpyro.distributions as dist
 
 from ucsciml import registry
 from ucsciml.pde.base import Unknown
+from ucsciml.replicates import CalibrationSettings
 
 PRIORS = {
     name: getattr(dist, name)
     for name in (
         "Normal",
         "LogNormal",
+        "LogUniform",
         "HalfNormal",
         "HalfCauchy",
         "Uniform",
@@ -77,7 +79,7 @@ DATA_DEFAULTS = {
     "placement": "interior",
 }
 PLACEMENTS = ("interior", "initial_boundary")
-TOP_KEYS = ("case", "pde", "data", "model", "backend", "evaluation")
+TOP_KEYS = ("case", "pde", "data", "model", "backend", "evaluation", "calibration")
 EVAL_KEYS = {"grid": list}
 
 
@@ -154,9 +156,37 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
             f"{sorted(registry.BACKENDS)}"
         )
     cfg["backend"] = resolved
+    if "calibration" in cfg:
+        cfg["calibration"] = _resolve_calibration(cfg["calibration"], source)
     cfg["evaluation"] = {"grid": [64, 32], **cfg.get("evaluation", {})}
     _check_types(cfg["evaluation"], EVAL_KEYS, "[evaluation]", source)
     return cfg
+
+
+def _resolve_calibration(table: Any, source: str) -> dict[str, Any]:
+    """Check ``[calibration]`` against :class:`ucsciml.replicates.CalibrationSettings`."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [calibration] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(CalibrationSettings)}
+    _only(table, fields, "[calibration]", source)
+    out = {k: table.get(k, f.default) for k, f in fields.items()}
+    try:
+        calibration_settings({"calibration": out})
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return out
+
+
+def calibration_settings(cfg: dict[str, Any]) -> CalibrationSettings | None:
+    """The case's ``[calibration]`` settings, or ``None`` when it has no such table."""
+    table = cfg.get("calibration")
+    if table is None:
+        return None
+    values = dict(table)
+    for name in ("level", "holdout", "max_misfit"):
+        if isinstance(values.get(name), int) and not isinstance(values[name], bool):
+            values[name] = float(values[name])
+    return CalibrationSettings(**values)
 
 
 def build(table: dict[str, Any], kind: str, **extra: Any) -> Any:

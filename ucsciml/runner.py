@@ -23,10 +23,11 @@ import numpy as np
 import tomli_w
 import xarray as xr
 
-from ucsciml import calibration, diagnostics
+from ucsciml import calibration, diagnostics, replicates
 from ucsciml import config as case_config
 from ucsciml import data as sensor_data
 from ucsciml._io import write_json, write_text
+from ucsciml.calibrated import calibrate_run
 from ucsciml.pde.base import AbstractPDE
 from ucsciml.posterior import Posterior, load, save_tree, tree_attr
 from ucsciml.program import compile as compile_program
@@ -143,6 +144,13 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     write_text(run_dir / "config.toml", tomli_w.dumps(_toml_safe(cfg)))
     pde = case_config.build(cfg["pde"], "pde")
     data = _load_data(cfg, pde)
+    settings = case_config.calibration_settings(cfg)
+    holdout = None
+    if settings is not None and settings.holdout > 0:
+        data, holdout = replicates.split_holdout(data, settings.holdout, cfg["data"]["seed"])
+        log.info(
+            "calibration: %d sensors held out to check the field band", holdout.sizes["sensor"]
+        )
     log.info(
         "case %s: %d sensors, backend %s, seed %d",
         cfg["case"]["name"],
@@ -201,15 +209,59 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         "parameters": parameter_table(tree, pde),
         "field": field_metrics(posterior, pde, grid, field_key, prediction=prediction),
     }
-    write_json(run_dir / "metrics.json", metrics)
     if prediction is not None and "predictions" not in tree.children:
         tree = with_predictions(tree, prediction)
-        save_tree(tree, posterior_path)
+    if settings is not None:
+        result = calibrate_run(
+            settings,
+            pde=pde,
+            program=program,
+            posterior=posterior,
+            refit_backend=case_config.build_backend(cfg, "ensemble"),
+            data_fit=data,
+            data_holdout=holdout,
+            prediction=prediction,
+            seed=int(cfg["data"]["seed"]),
+            key=jax.random.fold_in(key, 3),
+        )
+        metrics["calibrated"] = result.metrics
+        tree = tree.copy()
+        for name, group in result.groups.items():
+            tree[name] = xr.DataTree(group)
+        _log_calibration(result.metrics)
+    write_json(run_dir / "metrics.json", metrics)
+    save_tree(tree, posterior_path)
     _write_report(tree, run_dir / "report.html")
     log.info("diagnostics: %s", diag.verdict)
     for message in diag.messages:
         log.warning("%s", message)
     return RunResult(run_dir, metrics, diag)
+
+
+def _log_calibration(metrics: Mapping[str, Any]) -> None:
+    for name, row in metrics.get("parameters", {}).items():
+        log.info(
+            "calibrated %s: %.6g [%.6g, %.6g] (inflation x%.1f, bias %+.3g in unconstrained "
+            "space)%s",
+            name,
+            row["mean"],
+            row["q_low"],
+            row["q_high"],
+            row["inflation"],
+            row["bias"],
+            "" if "truth" not in row else f", truth {row['truth']:.6g}",
+        )
+    if "field" in metrics:
+        log.info("calibrated field: 90%% coverage %.3f", metrics["field"]["coverage_90"])
+    if "holdout" in metrics:
+        h = metrics["holdout"]
+        log.info(
+            "held-out sensors: %d, raw coverage %.3f%s, variance scale %.2f",
+            h["num_sensors"],
+            h["coverage_raw"],
+            f", calibrated {h['coverage_calibrated']:.3f}" if "coverage_calibrated" in h else "",
+            h["variance_scale"],
+        )
 
 
 def parameter_table(tree: xr.DataTree, pde: AbstractPDE) -> dict[str, dict[str, float]]:
