@@ -60,8 +60,9 @@ def potential_family(
 
     Returns:
         ``make(**kwargs) -> potential_fn`` and ``postprocess(**kwargs) -> postprocess_fn``
-        (``kwargs`` may be traced, inside ``vmap``/``scan``; a ``targets`` keyword replaces
-        the program's observations, e.g. replicate datasets), and ``init(key)``: an
+        (``kwargs`` may be traced, inside ``vmap``/``scan``; ``inputs`` and ``targets``
+        keywords replace the program's, so data can be traced arguments of one compiled
+        program, e.g. replicate datasets), and ``init(key)``: an
         unconstrained prior draw of the latent sites.
     """
     args = (program.inputs,)
@@ -81,9 +82,9 @@ def potential_family(
         )
         return info.z
 
-    def make(**extra):
+    def make(inputs=None, **extra):
         extra.setdefault("targets", program.targets)
-        return potential_gen(*args, **extra)
+        return potential_gen(program.inputs if inputs is None else inputs, **extra)
 
     def postprocess(**extra):
         extra.setdefault("targets", program.targets)

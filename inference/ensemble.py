@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import zlib
 from dataclasses import dataclass
@@ -103,35 +104,13 @@ class DeepEnsemble:
         """
         check_continuous(program, "DeepEnsemble")
         run_key, predictive_key = jax.random.split(key)
-        pot = potential(program, jax.random.key(0))
+        keys = chain_keys(run_key, self.num_members)
         if self.anchored:
-            _log_unanchored(program)
-            family = potential_family(
-                program,
-                jax.random.key(0),
-                _anchored_model(program.fn),
-                anchors=_prior_draw(program, jax.random.key(0)),
-                noise_key=jax.random.key(0),
-            )
-
-        def member(member_key):
-            init_key, anchor_key, noise_key = jax.random.split(member_key, 3)
-            potential_fn = pot.potential_fn
-            if self.anchored:
-                anchors = _prior_draw(program, anchor_key)
-                potential_fn = family.make(anchors=anchors, noise_key=noise_key)
-            return fit_map(
-                potential_fn,
-                pot.init(init_key),
-                self.num_steps,
-                self.learning_rate,
-                self.lbfgs_steps,
-            )
-
-        shards = num_shards(self.num_members) if self.shard else 1
-        fit = map_chains(member, self.num_members) if shards > 1 else jax.jit(jax.vmap(member))
-        z, losses = fit(chain_keys(run_key, self.num_members))
-        constrained = jax.jit(jax.vmap(pot.postprocess_fn))(z)
+            z, losses, shards, postprocess = self._fit_anchored(program, keys)
+        else:
+            z, losses, shards = self._fit_batches(program, keys, _tile(program.targets, len(keys)))
+            postprocess = self._fitter(program, self.num_members)[2].postprocess()
+        constrained = jax.jit(jax.vmap(postprocess))(z)
         final = np.asarray(losses[:, -1], dtype=float)
         if not np.isfinite(final).all():
             log.warning(
@@ -180,22 +159,10 @@ class DeepEnsemble:
                 "replicate axis"
             )
         num = int(np.shape(leaves[0])[0])
-        family = potential_family(program, jax.random.key(0), program.fn)
-
-        def replicate(args):
-            member_key, observed = args
-            init_key = jax.random.split(member_key, 3)[0]
-            return fit_map(
-                family.make(targets=observed),
-                family.init(init_key),
-                self.num_steps,
-                self.learning_rate,
-                self.lbfgs_steps,
-            )
-
-        shards = num_shards(num) if self.shard else 1
-        fit = map_chains(replicate, num) if shards > 1 else jax.jit(jax.vmap(replicate))
-        z, losses = fit((chain_keys(key, num), jax.tree.map(jnp.asarray, targets)))
+        z, losses, shards = self._fit_batches(program, chain_keys(key, num), targets)
+        family = _map_fitter(
+            program, self.num_steps, self.learning_rate, self.lbfgs_steps, 1, False
+        )[2]
         constrained = jax.jit(jax.vmap(family.postprocess()))(z)
         final = np.asarray(losses[:, -1], dtype=float)
         return Posterior(
@@ -213,6 +180,98 @@ class DeepEnsemble:
                 },
             ),
         )
+
+    def _fit_anchored(self, program: Program, keys):
+        """Randomise-then-optimise members (see the class docstring)."""
+        _log_unanchored(program)
+        pot = potential(program, jax.random.key(0))
+        family = potential_family(
+            program,
+            jax.random.key(0),
+            _anchored_model(program.fn),
+            anchors=_prior_draw(program, jax.random.key(0)),
+            noise_key=jax.random.key(0),
+        )
+
+        def member(member_key):
+            init_key, anchor_key, noise_key = jax.random.split(member_key, 3)
+            potential_fn = family.make(
+                anchors=_prior_draw(program, anchor_key), noise_key=noise_key
+            )
+            return fit_map(
+                potential_fn,
+                pot.init(init_key),
+                self.num_steps,
+                self.learning_rate,
+                self.lbfgs_steps,
+            )
+
+        shards = num_shards(self.num_members) if self.shard else 1
+        fit = map_chains(member, self.num_members) if shards > 1 else jax.jit(jax.vmap(member))
+        z, losses = fit(keys)
+        return z, losses, shards, pot.postprocess_fn
+
+    def _fitter(self, program: Program, batch: int):
+        return _map_fitter(
+            program, self.num_steps, self.learning_rate, self.lbfgs_steps, batch, self.shard
+        )
+
+    def _fit_batches(self, program: Program, keys, targets):
+        """Plain MAP fits, one per key and target set, ``num_members`` at a time through one
+        cached executable (:func:`_map_fitter`): an ensemble's members and every batch of
+        replicate refits of the same program compile once."""
+        num = int(keys.shape[0])
+        batch = min(self.num_members, num)
+        if num % batch:
+            raise ValueError(
+                f"{num} fits do not split into batches of num_members = {batch}; use a "
+                "multiple of num_members"
+            )
+        fit, shards, _ = self._fitter(program, batch)
+        inputs = _tile(program.inputs, batch)
+        zs, losses = [], []
+        for start in range(0, num, batch):
+            part = _rows(targets, start, start + batch)
+            z, loss = fit((keys[start : start + batch], part, inputs))
+            zs.append(z)
+            losses.append(loss)
+        z = jax.tree.map(lambda *xs: jnp.concatenate(xs), *zs)
+        return z, jnp.concatenate(losses), shards
+
+
+@functools.lru_cache(maxsize=8)
+def _map_fitter(program, num_steps, learning_rate, lbfgs_steps, batch, shard):
+    """``fit((keys, targets, inputs)) -> (z, losses)``: ``batch`` plain MAP fits of
+    ``program``'s potential with the data as traced arguments (leading batch axis on all
+    three), one after another on each device (``lax.map``: vmapping L-BFGS's line search
+    costs ~3x) and split over devices (``shard_map``). Cached per program and settings, so
+    later calls, new data of the same shapes included, reuse the compiled executable; with
+    JAX's persistent compilation cache (on in the CLI) so do later processes."""
+    family = potential_family(program, jax.random.key(0), program.fn)
+
+    def one(args):
+        member_key, observed, inputs = args
+        init_key = jax.random.split(member_key, 3)[0]
+        return fit_map(
+            family.make(inputs=inputs, targets=observed),
+            family.init(init_key),
+            num_steps,
+            learning_rate,
+            lbfgs_steps,
+        )
+
+    shards = num_shards(batch) if shard else 1
+    return map_chains(one, batch, shard=shard, sequential=True), shards, family
+
+
+def _rows(tree, start: int, stop: int):
+    """Rows ``start:stop`` of every leaf's leading axis."""
+    return jax.tree.map(lambda x: jnp.asarray(x)[start:stop], tree)
+
+
+def _tile(tree, num: int):
+    """``num`` copies of every leaf of ``tree`` along a new leading axis."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (num, *jnp.shape(x))), tree)
 
 
 def _prior_draw(program: Program, key: PRNGKey) -> dict:

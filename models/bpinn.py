@@ -294,6 +294,16 @@ class BayesianPINN:
         field, _ = self._field_builder()
         observables = self._observables()
 
+        # One XLA computation each for the field and the residual: inside a jitted potential
+        # they inline, and when NumPyro runs the model eagerly (site discovery, traces) they
+        # compile once instead of dispatching hundreds of small ops one by one.
+        field_of = jax.jit(field)
+
+        @jax.jit
+        def residual_of(values, colloc, params):
+            derivs = derivatives(lambda p: field(values, p), colloc, pde.derivatives, pde.coords)
+            return pde.residual(derivs, params)
+
         def model(inputs, targets=None):
             values = []
             for i, (name, leaf) in enumerate(zip(site_names, leaves, strict=True)):
@@ -313,7 +323,7 @@ class BayesianPINN:
             params = {k: _site(k, v) for k, v in pde.parameters().items()}
             points = inputs["points"]
             if observables is None:
-                u = numpyro.deterministic("u", field(values, points))
+                u = numpyro.deterministic("u", field_of(values, points))
             sigma = (
                 _site("sigma", self.noise_std)
                 if self.noise_std is not None
@@ -326,10 +336,7 @@ class BayesianPINN:
                 _observe(observables, lambda p: field(values, p), points, sigma, targets, pde)
             colloc = inputs["collocation"]
             if colloc is not None:
-                derivs = derivatives(
-                    lambda p: field(values, p), colloc, pde.derivatives, pde.coords
-                )
-                res = pde.residual(derivs, params)
+                res = residual_of(values, colloc, params)
                 sigma_r = _site("residual_std", self.residual_std)
                 with numpyro.plate("collocation", colloc.shape[0], dim=-1):
                     numpyro.sample("residual", dist.Normal(res, sigma_r), obs=jnp.zeros_like(res))

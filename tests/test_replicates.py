@@ -155,3 +155,101 @@ def test_calibration_table_is_checked():
         case_config.resolve_config({**base, "calibration": {"replicates": 2}})
     with pytest.raises(case_config.ConfigError, match="method must be one of"):
         case_config.resolve_config({**base, "calibration": {"method": "magic"}})
+
+
+TINY_CALIBRATED = """
+[case]
+name = "tiny_heat_calibrated"
+seed = 0
+backend = "ensemble"
+
+[pde]
+name = "heat"
+kappa = { prior = "LogNormal", loc = -2.3, scale = 0.5, truth = 0.1 }
+
+[data]
+num_sensors = 40
+noise = 0.01
+
+[model]
+name = "bpinn"
+width = 8
+depth = 1
+residual_at = "sensors"
+hard_constraints = true
+
+[backend.ensemble]
+num_members = 2
+num_steps = 300
+learning_rate = 0.01
+lbfgs_steps = 50
+
+[calibration]
+replicates = 4
+holdout = 0.2
+max_misfit = 50.0
+
+[evaluation]
+grid = [8, 4]
+"""
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    from ucsciml.cli import main
+
+    root = tmp_path_factory.mktemp("calibrated")
+    case = root / "case.toml"
+    case.write_text(TINY_CALIBRATED)
+    assert main(["-q", "run", str(case), "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+def test_calibrated_run_records_everything_beside_the_raw_posterior(calibrated_run):
+    import json
+
+    metrics = json.loads((calibrated_run / "metrics.json").read_text())
+    cal = metrics["calibrated"]
+    assert cal["method"] == "replicates" and cal["replicates"] == 4
+    assert 3 <= cal["successful"] <= 4
+    raw, new = metrics["parameters"]["kappa"], cal["parameters"]["kappa"]
+    # Never narrower than the posterior, and the stated inflation is the sd ratio used.
+    assert new["inflation"] >= 1.0
+    assert new["calibrated_sd"] == pytest.approx(new["inflation"] * new["posterior_sd"])
+    assert new["q05"] < new["q95"] and raw["q05"] < raw["q95"]
+    assert 0.0 <= cal["field"]["coverage_90"] <= 1.0
+    held = cal["holdout"]
+    assert held["num_sensors"] == 8 and 0.0 <= held["coverage_raw"] <= 1.0
+    tree = uq.load(calibrated_run / "posterior.nc")
+    assert {"calibration", "calibrated_posterior", "posterior"} <= set(tree.children)
+    group = tree["calibration"].to_dataset()
+    assert group.sizes["replicate"] == 4 and list(group.parameter.values) == ["kappa"]
+    assert tree["calibrated_posterior"]["kappa"].shape == (1, 1000)
+    # The raw posterior keeps the ensemble's two members.
+    assert tree["posterior"]["kappa"].shape == (1, 2)
+    page = (calibrated_run / "report.html").read_text()
+    assert "Calibration under model error" in page and "inflation" in page
+
+
+def test_summary_prints_raw_and_calibrated(calibrated_run, capsys):
+    from ucsciml.cli import main
+
+    assert main(["summary", str(calibrated_run)]) == 0
+    out = capsys.readouterr().out
+    assert "raw posterior" in out and "replicate refits" in out and "held-out sensors" in out
+
+
+def test_use_every_core_sets_and_respects_xla_flags():
+    from ucsciml.cli import use_every_core
+
+    env = {}
+    use_every_core(env)
+    assert "xla_force_host_platform_device_count=" in env["XLA_FLAGS"]
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    use_every_core(env)
+    assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+    env = {"UCSCIML_CPU_DEVICES": "1"}
+    use_every_core(env)
+    assert env["XLA_FLAGS"].endswith("=1")
+    with pytest.raises(ValueError, match="UCSCIML_CPU_DEVICES"):
+        use_every_core({"UCSCIML_CPU_DEVICES": "two"})

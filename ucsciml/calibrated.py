@@ -46,14 +46,19 @@ class CalibrationResult:
     groups: dict[str, xr.Dataset]
 
 
-def fitted_parameters(posterior: Posterior, pde: AbstractPDE) -> dict[str, float]:
-    """Every PDE parameter: known values as given, unknowns at their posterior mean in
-    unconstrained space (mapped back), the point replicates are simulated at."""
+def fitted_parameters(
+    posterior: Posterior, pde: AbstractPDE, kept: np.ndarray | None = None
+) -> dict[str, float]:
+    """Every PDE parameter: known values as given, unknowns at their posterior median over
+    the ``kept`` draws (a mask over ``chain * draw``; default all), the point replicates are
+    simulated at. The median, not the mean: one ensemble member in a poor mode must not
+    move the point every replicate is simulated at."""
     out = {}
     for name, value in pde.parameters().items():
         if isinstance(value, Unknown):
-            phi = rep.to_unconstrained(value.prior, np.asarray(posterior.samples[name]))
-            out[name] = float(rep.to_constrained(value.prior, phi.mean()))
+            draws = np.asarray(posterior.samples[name]).ravel()
+            phi = rep.to_unconstrained(value.prior, draws if kept is None else draws[kept])
+            out[name] = float(rep.to_constrained(value.prior, np.median(phi)))
         else:
             out[name] = float(value)
     return out
@@ -91,10 +96,14 @@ def calibrate_run(
     groups: dict[str, xr.Dataset] = {}
     sd_at_holdout = None
     if settings.method == "replicates":
+        kept = _draws_that_fit(settings, posterior, data_fit, key)
+        metrics["posterior_draws_kept"] = [int(kept.sum()), int(kept.size)]
         fits = _replicate_fits(
-            settings, pde, program, posterior, refit_backend, data_fit, seed, key
+            settings, pde, program, posterior, refit_backend, data_fit, seed, key, kept
         )
-        table, calibrated_draws, cal_ds = _parameter_calibration(settings, pde, posterior, fits)
+        table, calibrated_draws, cal_ds = _parameter_calibration(
+            settings, pde, posterior, fits, kept
+        )
         metrics.update(
             replicates=settings.replicates,
             successful=int(fits["ok"].sum()),
@@ -102,28 +111,87 @@ def calibrate_run(
         )
         groups["calibrated_posterior"] = calibrated_draws
         if prediction is not None:
-            field, sd_grid = _field_calibration(settings, posterior, pde, fits, prediction, key)
+            field, sd_grid = _field_calibration(fits, prediction, kept, pde, key)
             metrics["field"] = field
             cal_ds["u_sd"] = (tuple(prediction["u_true"].dims), sd_grid)
             cal_ds = cal_ds.assign_coords(prediction["u_true"].coords)
         if data_holdout is not None:
-            sd_at_holdout = _calibrated_sd_at(fits, posterior, pde, data_holdout, key)
+            sd_at_holdout = _calibrated_sd_at(fits, posterior, pde, data_holdout, kept, key)
         groups["calibration"] = cal_ds
     if data_holdout is not None:
+        kept_all = kept if settings.method == "replicates" else None
         metrics["holdout"] = _holdout_scores(
-            settings, posterior, data_holdout, prediction, sd_at_holdout, key
+            settings, posterior, data_holdout, prediction, sd_at_holdout, kept_all, key
         )
+    summary = xr.Dataset(attrs={"method": settings.method, "level": settings.level})
+    groups.setdefault("calibration", summary).attrs.update(_scalar_scores(metrics))
     return CalibrationResult(metrics, groups)
 
 
-def _replicate_fits(settings, pde, program, posterior, backend, data_fit, seed, key) -> dict:
+def _scalar_scores(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The field and held-out scores as flat netCDF-safe attributes."""
+    out = {}
+    for key in ("coverage_50", "coverage_90", "coverage_95", "crps", "rel_l2"):
+        if key in metrics.get("field", {}):
+            out[f"field_{key}"] = float(metrics["field"][key])
+    held = metrics.get("holdout", {})
+    for key in ("num_sensors", "coverage_raw", "coverage_calibrated", "variance_scale"):
+        if key in held:
+            out[f"holdout_{key}"] = float(held[key])
+    if "field_recalibrated" in held:
+        out["holdout_field_coverage_90"] = float(held["field_recalibrated"]["coverage_90"])
+    return out
+
+
+def _misfit(fitted: Posterior, data: xr.Dataset, observed: dict, key) -> np.ndarray:
+    """Reduced chi-square of every draw ``(chain * draw,)`` against ``observed``: values
+    ``(n,)`` shared by all draws, or ``(chain * draw, n)``, one data set per draw."""
+    points, noise = sensor_data.points(data), sensor_data.noise_std(data)
+    predicted = fitted.predict(points, key, sites=tuple(observed))
+    total = 0.0
+    for name, values in observed.items():
+        draws = predicted[name].values.reshape(-1, points.shape[0])
+        total = total + rep.reduced_chi2(draws, values, noise)
+    return np.asarray(total / len(observed))
+
+
+def _draws_that_fit(settings, posterior, data_fit, key) -> np.ndarray:
+    """Mask ``(chain * draw,)`` of the posterior's draws whose data misfit is acceptable.
+
+    A draw (an ensemble member, a chain stuck far from the data) whose reduced chi-square
+    exceeds ``max_misfit`` does not explain the data at their noise level: it is left out of
+    the calibrated estimate (the raw posterior keeps it)."""
+    names = sensor_data.observed_names(data_fit)
+    observed = {n: np.asarray(data_fit[n].values, dtype=float) for n in names}
+    misfit = _misfit(posterior, data_fit, observed, jax.random.fold_in(key, 5))
+    kept = np.isfinite(misfit) & (misfit <= settings.max_misfit)
+    if not kept.any():
+        log.warning(
+            "calibration: no posterior draw fits the data within reduced chi2 %g (best %.3g); "
+            "using all draws. The fit has failed: more steps or another model are needed",
+            settings.max_misfit,
+            float(np.nanmin(misfit)),
+        )
+        return np.ones_like(kept)
+    if not kept.all():
+        log.warning(
+            "calibration: %d of %d posterior draws misfit the data (reduced chi2 > %g) and are "
+            "left out of the calibrated posterior",
+            int((~kept).sum()),
+            kept.size,
+            settings.max_misfit,
+        )
+    return kept
+
+
+def _replicate_fits(settings, pde, program, posterior, backend, data_fit, seed, key, kept):
     """Simulate, refit and score the replicates; ``ok`` marks fits that did not fail."""
     if not hasattr(backend, "fit_replicates"):
         raise ValueError(
             f"replicate calibration refits with a backend that has fit_replicates; "
             f"{type(backend).__name__} has none (the ensemble backend does)"
         )
-    theta = fitted_parameters(posterior, pde)
+    theta = fitted_parameters(posterior, pde, kept)
     observed = rep.replicate_observations(
         pde,
         data_fit,
@@ -131,50 +199,79 @@ def _replicate_fits(settings, pde, program, posterior, backend, data_fit, seed, 
         settings.replicates,
         seed=int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]),
     )
+    members = settings.members or int(getattr(backend, "num_members", 1))
+    # Fit r * members + m is member m of replicate r: the same pipeline as the main fit.
+    repeated = {k: np.repeat(v, members, axis=0) for k, v in observed.items()}
     targets = (
-        {f"{k}_obs": v for k, v in observed.items()}
+        {f"{k}_obs": v for k, v in repeated.items()}
         if isinstance(program.targets, Mapping)
-        else observed["u"]
+        else repeated["u"]
     )
     log.info(
-        "calibration: refitting %d replicate datasets simulated at %s",
+        "calibration: refitting %d replicate datasets (%d fits each) simulated at %s",
         settings.replicates,
+        members,
         {k: f"{v:.6g}" for k, v in theta.items()},
     )
     refit_key, predict_key = jax.random.split(jax.random.fold_in(key, 7))
     fitted = backend.fit_replicates(program, targets, refit_key)
-    points = sensor_data.points(data_fit)
-    at_sensors = fitted.predict(points, predict_key, sites=tuple(observed))
-    noise = sensor_data.noise_std(data_fit)
-    misfit = sum(
-        rep.reduced_chi2(at_sensors[k].values[0], observed[k], noise) for k in observed
-    ) / len(observed)
-    ok = np.isfinite(misfit) & (misfit <= settings.max_misfit)
-    if not ok.all():
+    misfit = _misfit(fitted, data_fit, repeated, predict_key).reshape(-1, members)
+    fit_ok = np.isfinite(misfit) & (misfit <= settings.max_misfit)
+    ok = fit_ok.any(axis=1)
+    if not fit_ok.all():
         log.warning(
-            "calibration: %d of %d replicate fits failed (reduced chi2 %s > %g) and are left "
-            "out; more fitting steps may help",
-            int((~ok).sum()),
-            ok.size,
-            np.round(misfit[~ok], 2).tolist(),
+            "calibration: %d of %d replicate fits misfit their data (reduced chi2 > %g) and are "
+            "left out, as in the main fit; %d replicate(s) lost every fit",
+            int((~fit_ok).sum()),
+            fit_ok.size,
             settings.max_misfit,
+            int((~ok).sum()),
         )
-    return {"posterior": fitted, "theta": theta, "misfit": misfit, "ok": ok}
+    return {
+        "posterior": fitted,
+        "theta": theta,
+        "misfit": misfit,
+        "fit_ok": fit_ok,
+        "ok": ok,
+        "members": members,
+    }
 
 
-def _parameter_calibration(settings, pde, posterior, fits):
+def _replicate_estimates(fits, values: np.ndarray) -> np.ndarray:
+    """Per replicate, the median over its kept fits of ``values`` ``(R * members,)``; NaN for
+    a replicate without a kept fit (the main fit's estimator, applied to each replicate)."""
+    grouped = np.asarray(values, dtype=float).reshape(fits["fit_ok"].shape)
+    masked = np.where(fits["fit_ok"], grouped, np.nan)
+    out = np.full(grouped.shape[0], np.nan)
+    out[fits["ok"]] = np.nanmedian(masked[fits["ok"]], axis=1)
+    return out
+
+
+def _replicate_fields(fits, values: np.ndarray) -> np.ndarray:
+    """Per kept replicate, the mean over its kept fits of fields ``(R * members, ...)``."""
+    grouped = np.asarray(values).reshape(*fits["fit_ok"].shape, *np.shape(values)[1:])
+    weights = fits["fit_ok"].astype(float)
+    weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1.0)
+    extra = (1,) * (grouped.ndim - 2)
+    means = (grouped * weights.reshape(*weights.shape, *extra)).sum(axis=1)
+    return means[fits["ok"]]
+
+
+def _parameter_calibration(settings, pde, posterior, fits, kept):
     table, draws, rows = {}, {}, {}
     rng = np.random.default_rng(0)
     ok = fits["ok"]
     for name, unknown in pde.unknowns().items():
         if name not in posterior.samples:
             continue
-        phi = rep.to_unconstrained(unknown.prior, np.asarray(posterior.samples[name]).ravel())
-        phi_reps = rep.to_unconstrained(
-            unknown.prior, np.asarray(fits["posterior"].samples[name])[0]
+        draws_all = np.asarray(posterior.samples[name]).ravel()
+        phi = rep.to_unconstrained(unknown.prior, draws_all[kept])
+        phi_reps = _replicate_estimates(
+            fits,
+            rep.to_unconstrained(unknown.prior, np.asarray(fits["posterior"].samples[name])[0]),
         )
         result = rep.calibrate_parameter(
-            float(phi.mean()), phi_reps[ok], float(phi.std()), settings.level
+            float(np.median(phi)), phi_reps[ok], rep.robust_sd(phi), settings.level
         )
         phi_draws = rep.student_draws(result.center, result.sd, result.dof, settings.num_draws, rng)
         values = rep.to_constrained(unknown.prior, phi_draws)
@@ -220,7 +317,8 @@ def _calibration_dataset(settings, fits, rows) -> xr.Dataset:
         {
             **stats_of,
             "inflation": ("parameter", [rows[n][0].inflation for n in names]),
-            "replicate_misfit": ("replicate", np.asarray(fits["misfit"], dtype=float)),
+            "replicate_misfit": (("replicate", "member"), np.asarray(fits["misfit"], float)),
+            "replicate_fit_ok": (("replicate", "member"), np.asarray(fits["fit_ok"], bool)),
             "replicate_ok": ("replicate", np.asarray(fits["ok"], dtype=bool)),
             **{f"replicate_{n}": ("replicate", rows[n][1]) for n in names},
         },
@@ -231,53 +329,65 @@ def _calibration_dataset(settings, fits, rows) -> xr.Dataset:
         level=settings.level,
         replicates=settings.replicates,
         successful=int(fits["ok"].sum()),
+        members=int(fits["members"]),
         space="unconstrained (log for positive parameters); estimate, bias, spread, sd there",
         **{f"theta_{k}": v for k, v in fits["theta"].items()},
     )
     return ds
 
 
-def _field_calibration(settings, posterior, pde, fits, prediction, key):
+def _kept_moments(draws: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd over the kept draws of ``(chain, draw, ...)`` values."""
+    flat = np.asarray(draws).reshape(kept.size, *np.shape(draws)[2:])[kept]
+    return flat.mean(0), flat.std(0)
+
+
+def _field_calibration(fits, prediction, kept, pde, key):
     """Calibrated pointwise field sd on the evaluation grid and its scores vs the truth."""
     raw = prediction["u"]
     dims = tuple(prediction["u_true"].dims)
-    mean = raw.mean(("chain", "draw")).values
-    sd_raw = raw.std(("chain", "draw")).values
+    mean, sd_raw = _kept_moments(raw.values, kept)
     points = np.stack(
         [m.ravel() for m in np.meshgrid(*(prediction[d].values for d in dims), indexing="ij")],
         axis=-1,
     )
     ok = fits["ok"]
     rep_fields = fits["posterior"].predict(points, jax.random.fold_in(key, 11), sites=("u",))
-    rep_fields = rep_fields["u"].values[0][ok].reshape(int(ok.sum()), *mean.shape)
+    rep_fields = _replicate_fields(fits, rep_fields["u"].values[0]).reshape(-1, *mean.shape)
     truth_at_theta = pde.solve_observables(points, fits["theta"])["u"].reshape(mean.shape)
     sd = rep.field_sd(rep_fields, truth_at_theta, sd_raw)
     draws = rep.student_draws(mean, sd, int(ok.sum()), FIELD_DRAWS, np.random.default_rng(1))
-    pred = xr.DataArray(draws[None], dims=("chain", "draw", *dims), coords=raw.coords)
+    pred = xr.DataArray(
+        draws[None], dims=("chain", "draw", *dims), coords={d: raw[d] for d in dims}
+    )
     scores = calibration.summary(pred, prediction["u_true"])
     scores["mean_width_90"] = scores["sharpness_90"]
-    scores["inflation_median"] = float(np.median(sd / np.maximum(sd_raw, 1e-300)))
+    moving = sd_raw > 0  # points a hard constraint pins have no spread to inflate
+    scores["inflation_median"] = (
+        float(np.median(sd[moving] / sd_raw[moving])) if moving.any() else float("nan")
+    )
     return scores, sd
 
 
-def _calibrated_sd_at(fits, posterior, pde, data, key) -> np.ndarray:
+def _calibrated_sd_at(fits, posterior, pde, data, kept, key) -> np.ndarray:
     points = sensor_data.points(data)
-    ok = fits["ok"]
     reps = fits["posterior"].predict(points, jax.random.fold_in(key, 13), sites=("u",))
     raw = posterior.predict(points, jax.random.fold_in(key, 17), sites=("u",))["u"].values
     truth = pde.solve_observables(points, fits["theta"])["u"]
-    return rep.field_sd(reps["u"].values[0][ok], truth, raw.reshape(-1, points.shape[0]).std(0))
+    fields = _replicate_fields(fits, reps["u"].values[0])
+    return rep.field_sd(fields, truth, _kept_moments(raw, kept)[1])
 
 
-def _holdout_scores(settings, posterior, data, prediction, sd_calibrated, key) -> dict:
+def _holdout_scores(settings, posterior, data, prediction, sd_calibrated, kept, key) -> dict:
     """Coverage of held-out noisy sensors (raw, replicate-calibrated) and the variance-scaling
     recalibration fitted on them, applied to the field on the grid."""
     points = sensor_data.points(data)
     y = sensor_data.observations(data)
     noise = sensor_data.noise_std(data)
     draws = posterior.predict(points, jax.random.fold_in(key, 19), sites=("u",))["u"].values
-    draws = draws.reshape(-1, points.shape[0])
-    mean, sd = draws.mean(0), draws.std(0)
+    if kept is None:
+        kept = np.ones(draws.shape[0] * draws.shape[1], dtype=bool)
+    mean, sd = _kept_moments(draws, kept)
     level = settings.level
     scale = rep.holdout_scale(mean, sd, y, noise, level)
     out = {
@@ -289,13 +399,13 @@ def _holdout_scores(settings, posterior, data, prediction, sd_calibrated, key) -
         out["coverage_calibrated"] = rep.interval_coverage(mean, sd_calibrated, y, noise, level)
     if prediction is not None and scale > 0:
         raw = prediction["u"]
-        grid_mean = raw.mean(("chain", "draw")).values
-        grid_sd = raw.std(("chain", "draw")).values * scale
+        grid_mean, grid_sd = _kept_moments(raw.values, kept)
+        grid_sd = grid_sd * scale
         z = np.random.default_rng(2).standard_normal((FIELD_DRAWS, *grid_mean.shape))
         pred = xr.DataArray(
             (grid_mean + grid_sd * z)[None],
             dims=("chain", "draw", *prediction["u_true"].dims),
-            coords=raw.coords,
+            coords={d: raw[d] for d in prediction["u_true"].dims},
         )
         out["field_recalibrated"] = calibration.summary(pred, prediction["u_true"])
     out["z"] = float(stats.norm.ppf(0.5 + level / 2))

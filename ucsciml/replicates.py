@@ -6,9 +6,11 @@ restarts, for the spread between optimisation modes. Both are properties of the 
 so they can be measured by running it on data whose truth is known: a parametric bootstrap
 with the project's reference solver.
 
-Given the fitted parameters :math:`\hat\theta`, ``K`` replicate datasets are simulated at
+Given the fitted parameters :math:`\hat\theta` (the posterior median over the draws that
+fit the data), ``K`` replicate datasets are simulated at
 :math:`\hat\theta` with the same sensor locations and noise level, and each is refitted by
-the same optimiser from a fresh initialisation, giving :math:`\hat\theta_k`. In the
+the same pipeline (an ensemble of the same size, from fresh initialisations), giving
+:math:`\hat\theta_k`. In the
 unconstrained space :math:`\phi = T^{-1}(\theta)` of each parameter's prior support (log for
 a positive parameter)
 
@@ -23,7 +25,7 @@ and the calibrated interval is
 
 the prediction interval of a new pipeline error from ``K`` exchangeable ones: the
 bias-corrected estimate, widened to the pipeline's replicate spread (never narrower than the
-posterior). The ratio of the calibrated to the posterior sd is the *inflation factor*. For
+posterior, whose sd :math:`\sigma_{post}` is taken robustly, ``1.4826 MAD``). The ratio of the calibrated to the posterior sd is the *inflation factor*. For
 the field, the replicate errors :math:`e_k(x) = \hat u_k(x) - u_{\hat\theta}(x)` give a
 pointwise band :math:`\bar u(x) \pm t_{K,(1+\ell)/2}\sqrt{\max(\frac1K\sum_k e_k(x)^2,
 \sigma^2_{post}(x))}`, with no bias correction (``K`` replicates are too few to estimate a
@@ -69,6 +71,9 @@ class CalibrationSettings:
             the field band (0 keeps every sensor for the fit).
         max_misfit: a fit whose reduced :math:`\\chi^2` on its data exceeds this failed.
         num_draws: draws of the calibrated posterior stored in the DataTree.
+        members: fits per replicate; 0 (default) uses the refit backend's ``num_members``,
+            so each replicate is refitted by the same pipeline as the data (an ensemble's
+            estimate is the median of its members, its field their mean).
     """
 
     method: str = "replicates"
@@ -77,6 +82,7 @@ class CalibrationSettings:
     holdout: float = 0.1
     max_misfit: float = 4.0
     num_draws: int = 1000
+    members: int = 0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -100,6 +106,10 @@ class CalibrationSettings:
             raise ValueError(f"[calibration] max_misfit must be > 1, got {self.max_misfit}")
         if isinstance(self.num_draws, bool) or not isinstance(self.num_draws, int):
             raise ValueError(f"[calibration] num_draws must be an integer, got {self.num_draws!r}")
+        if isinstance(self.members, bool) or not isinstance(self.members, int):
+            raise ValueError(f"[calibration] members must be an integer, got {self.members!r}")
+        if self.members < 0:
+            raise ValueError(f"[calibration] members must be >= 0, got {self.members}")
         if self.num_draws < 100:
             raise ValueError(f"[calibration] num_draws must be >= 100, got {self.num_draws}")
 
@@ -107,7 +117,7 @@ class CalibrationSettings:
 class ParameterCalibration(NamedTuple):
     """One parameter's calibration, in its unconstrained space (``phi``)."""
 
-    estimate: float  # phi-hat, the posterior mean
+    estimate: float  # phi-hat, the posterior median
     bias: float  # mean replicate error
     spread: float  # replicate sd (ddof=1)
     posterior_sd: float
@@ -190,6 +200,14 @@ def to_unconstrained(prior, values: np.ndarray) -> np.ndarray:
 def to_constrained(prior, values: np.ndarray) -> np.ndarray:
     """Inverse of :func:`to_unconstrained`."""
     return np.asarray(biject_to(prior.support)(np.asarray(values, dtype=float)))
+
+
+def robust_sd(values: np.ndarray) -> float:
+    """``1.4826 * MAD``: the sd of Gaussian draws, unmoved by a few outlying ones (a member
+    in a poor mode); the plain sd when the MAD is zero (e.g. two draws)."""
+    values = np.asarray(values, dtype=float).ravel()
+    mad = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+    return mad if mad > 0 else float(values.std())
 
 
 def calibrate_parameter(

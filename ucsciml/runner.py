@@ -193,7 +193,7 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
                 "ucsciml_case": cfg["case"]["name"],
             }
         )
-        save_tree(tree, posterior_path)
+        save_tree(tree, posterior_path)  # the raw posterior is safe before scoring starts
     handler.flush()
     diag = diagnostics.check(tree)
     grid, field_key = cfg["evaluation"]["grid"], jax.random.fold_in(key, 2)
@@ -209,9 +209,12 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         "parameters": parameter_table(tree, pde),
         "field": field_metrics(posterior, pde, grid, field_key, prediction=prediction),
     }
+    changed = not reused
     if prediction is not None and "predictions" not in tree.children:
         tree = with_predictions(tree, prediction)
+        changed = True
     if settings is not None:
+        changed = True
         result = calibrate_run(
             settings,
             pde=pde,
@@ -230,7 +233,8 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
             tree[name] = xr.DataTree(group)
         _log_calibration(result.metrics)
     write_json(run_dir / "metrics.json", metrics)
-    save_tree(tree, posterior_path)
+    if changed:
+        save_tree(tree, posterior_path)
     _write_report(tree, run_dir / "report.html")
     log.info("diagnostics: %s", diag.verdict)
     for message in diag.messages:

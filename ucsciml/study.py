@@ -122,6 +122,16 @@ def study_row(backend: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
             row[f"{name}_truth"] = p["truth"]
             row[f"{name}_error_pct"] = 100.0 * p["rel_error"]
             row[f"{name}_truth_in_90"] = p["truth_in_90"]
+    calibrated = metrics.get("calibrated") or {}
+    for name, p in (calibrated.get("parameters") or {}).items():
+        row[f"calibrated {name}_mean"] = p["mean"]
+        row[f"calibrated {name}_q05"], row[f"calibrated {name}_q95"] = p["q05"], p["q95"]
+        if "truth" in p:
+            row[f"calibrated {name}_truth"] = p["truth"]
+            row[f"calibrated {name}_error_pct"] = 100.0 * p["rel_error"]
+            row[f"calibrated {name}_truth_in_90"] = p["truth_in_90"]
+    if "field" in calibrated:
+        row["calibrated_coverage_90"] = calibrated["field"]["coverage_90"]
     mcmc = diag.get("kind") == "mcmc"
     rhats = [r["rhat"] for r in diag.get("rows", []) if r.get("rhat") is not None]
     ess = [r["ess_bulk"] for r in diag.get("rows", []) if r.get("ess_bulk") is not None]
@@ -171,7 +181,8 @@ def write_tables(
 
 LEGEND = (
     "Parameters: posterior mean, error vs truth in %, [5%, 95%] interval; a check mark when "
-    "the interval holds the truth. Field: relative L2 of the predictive mean, coverage of "
+    "the interval holds the truth; 'calibrated' columns are the [calibration] step's "
+    "replicate-calibrated intervals and field band, beside the raw posterior's. Field: relative L2 of the predictive mean, coverage of "
     "the true field by central 50/90/95% intervals, CRPS and NLL (per point, lower is "
     "better) on the evaluation grid. R-hat, ESS and divergences apply to MCMC only."
 )
@@ -183,6 +194,9 @@ def readable_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str
         dict.fromkeys(k.removesuffix("_mean") for r in rows for k in r if k.endswith("_mean"))
     )
     header = ["backend", "time (s)", *params, "rel. L2", "cov. 50/90/95%", "CRPS", "NLL"]
+    calibrated = any("calibrated_coverage_90" in r for r in rows)
+    if calibrated:
+        header.append("calibrated cov. 90%")
     header += ["max R-hat", "min ESS", "divergences"]
     body = []
     for r in rows:
@@ -198,6 +212,7 @@ def readable_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str
             "/".join("–" if c is None else f"{100 * c:.0f}" for c in cover),
             _fmt(r.get("crps"), ".3g"),
             _fmt(r.get("nll"), ".3g"),
+            *([_fmt(100 * r.get("calibrated_coverage_90", math.nan), ".0f")] if calibrated else []),
             _fmt(r.get("r_hat_max"), ".2f", missing="n/a"),
             _fmt(r.get("ess_bulk_min"), ".0f", missing="n/a"),
             _fmt(r.get("divergences"), "d", missing="n/a"),
