@@ -98,7 +98,7 @@ def calibrate_run(
     if settings.method == "replicates":
         kept = _draws_that_fit(settings, posterior, data_fit, key)
         metrics["posterior_draws_kept"] = [int(kept.sum()), int(kept.size)]
-        fits = _replicate_fits(
+        fits = _replicate_rounds(
             settings, pde, program, posterior, refit_backend, data_fit, seed, key, kept
         )
         table, calibrated_draws, cal_ds = _parameter_calibration(
@@ -106,7 +106,8 @@ def calibrate_run(
         )
         metrics.update(
             replicates=settings.replicates,
-            successful=int(fits["ok"].sum()),
+            rounds=len(fits),
+            successful=int(sum(f["ok"].sum() for f in fits)),
             parameters=table,
         )
         groups["calibrated_posterior"] = calibrated_draws
@@ -184,20 +185,71 @@ def _draws_that_fit(settings, posterior, data_fit, key) -> np.ndarray:
     return kept
 
 
-def _replicate_fits(settings, pde, program, posterior, backend, data_fit, seed, key, kept):
-    """Simulate, refit and score the replicates; ``ok`` marks fits that did not fail."""
+def _replicate_rounds(settings, pde, program, posterior, backend, data_fit, seed, key, kept):
+    """Simulate, refit and score the replicates in ``settings.rounds`` rounds.
+
+    Round 1 simulates at the fit's estimate; each later round at the estimate corrected by
+    the bias the previous round measured (iterated bootstrap bias correction), so the last
+    round's bias is measured where the truth most likely is. Returns one dict per round.
+    """
     if not hasattr(backend, "fit_replicates"):
         raise ValueError(
             f"replicate calibration refits with a backend that has fit_replicates; "
             f"{type(backend).__name__} has none (the ensemble backend does)"
         )
+    priors = {n: u.prior for n, u in pde.unknowns().items() if n in posterior.samples}
+    phi_hat = {
+        n: float(np.median(rep.to_unconstrained(p, np.asarray(posterior.samples[n]).ravel()[kept])))
+        for n, p in priors.items()
+    }
     theta = fitted_parameters(posterior, pde, kept)
+    rounds = []
+    sizes = rep.round_sizes(settings.replicates, settings.rounds)
+    for index, count in enumerate(sizes):
+        fits = _replicate_round(
+            settings,
+            pde,
+            program,
+            backend,
+            data_fit,
+            theta,
+            count,
+            [seed, 1, index],
+            jax.random.fold_in(key, 7 + index),
+        )
+        fits["phi_sim"] = {n: float(rep.to_unconstrained(p, theta[n])) for n, p in priors.items()}
+        fits["estimates"] = {
+            n: _replicate_estimates(
+                fits, rep.to_unconstrained(p, np.asarray(fits["posterior"].samples[n])[0])
+            )
+            for n, p in priors.items()
+        }
+        fits["round"] = index
+        rounds.append(fits)
+        if fits["ok"].any():
+            theta = {
+                **theta,
+                **{
+                    n: float(
+                        rep.to_constrained(
+                            p,
+                            phi_hat[n] - (np.nanmean(fits["estimates"][n]) - fits["phi_sim"][n]),
+                        )
+                    )
+                    for n, p in priors.items()
+                },
+            }
+    return rounds
+
+
+def _replicate_round(settings, pde, program, backend, data_fit, theta, count, seed, key):
+    """One round: ``count`` datasets simulated at ``theta``, each refitted by the pipeline."""
     observed = rep.replicate_observations(
         pde,
         data_fit,
         theta,
-        settings.replicates,
-        seed=int(np.random.SeedSequence([seed, 1]).generate_state(1)[0]),
+        count,
+        seed=int(np.random.SeedSequence(seed).generate_state(1)[0]),
     )
     members = settings.members or int(getattr(backend, "num_members", 1))
     # Fit r * members + m is member m of replicate r: the same pipeline as the main fit.
@@ -209,11 +261,11 @@ def _replicate_fits(settings, pde, program, posterior, backend, data_fit, seed, 
     )
     log.info(
         "calibration: refitting %d replicate datasets (%d fits each) simulated at %s",
-        settings.replicates,
+        count,
         members,
         {k: f"{v:.6g}" for k, v in theta.items()},
     )
-    refit_key, predict_key = jax.random.split(jax.random.fold_in(key, 7))
+    refit_key, predict_key = jax.random.split(key)
     fitted = backend.fit_replicates(program, targets, refit_key)
     misfit = _misfit(fitted, data_fit, repeated, predict_key).reshape(-1, members)
     fit_ok = np.isfinite(misfit) & (misfit <= settings.max_misfit)
@@ -229,7 +281,7 @@ def _replicate_fits(settings, pde, program, posterior, backend, data_fit, seed, 
         )
     return {
         "posterior": fitted,
-        "theta": theta,
+        "theta": dict(theta),
         "misfit": misfit,
         "fit_ok": fit_ok,
         "ok": ok,
@@ -257,22 +309,21 @@ def _replicate_fields(fits, values: np.ndarray) -> np.ndarray:
     return means[fits["ok"]]
 
 
-def _parameter_calibration(settings, pde, posterior, fits, kept):
+def _parameter_calibration(settings, pde, posterior, rounds, kept):
     table, draws, rows = {}, {}, {}
     rng = np.random.default_rng(0)
-    ok = fits["ok"]
     for name, unknown in pde.unknowns().items():
         if name not in posterior.samples:
             continue
         draws_all = np.asarray(posterior.samples[name]).ravel()
         phi = rep.to_unconstrained(unknown.prior, draws_all[kept])
-        phi_reps = _replicate_estimates(
-            fits,
-            rep.to_unconstrained(unknown.prior, np.asarray(fits["posterior"].samples[name])[0]),
+        result = rep.calibrate_rounds(
+            float(np.median(phi)),
+            [(f["phi_sim"][name], f["estimates"][name][f["ok"]]) for f in rounds],
+            rep.robust_sd(phi),
+            settings.level,
         )
-        result = rep.calibrate_parameter(
-            float(np.median(phi)), phi_reps[ok], rep.robust_sd(phi), settings.level
-        )
+        phi_reps = np.concatenate([f["estimates"][name] for f in rounds])
         phi_draws = rep.student_draws(result.center, result.sd, result.dof, settings.num_draws, rng)
         values = rep.to_constrained(unknown.prior, phi_draws)
         draws[name] = (("chain", "draw"), values[None])
@@ -303,24 +354,39 @@ def _parameter_calibration(settings, pde, posterior, fits, kept):
             )
         table[name] = row
         rows[name] = (result, phi_reps)
-    cal_ds = _calibration_dataset(settings, fits, rows)
+    cal_ds = _calibration_dataset(settings, rounds, rows)
     return table, xr.Dataset(draws), cal_ds
 
 
-def _calibration_dataset(settings, fits, rows) -> xr.Dataset:
+def _calibration_dataset(settings, rounds, rows) -> xr.Dataset:
     names = list(rows)
     stats_of = {
         field: ("parameter", [getattr(rows[n][0], field) for n in names])
         for field in ("estimate", "bias", "spread", "posterior_sd", "sd")
     }
+
+    def stacked(key):
+        return np.concatenate([np.asarray(f[key]) for f in rounds])
+
     ds = xr.Dataset(
         {
             **stats_of,
             "inflation": ("parameter", [rows[n][0].inflation for n in names]),
-            "replicate_misfit": (("replicate", "member"), np.asarray(fits["misfit"], float)),
-            "replicate_fit_ok": (("replicate", "member"), np.asarray(fits["fit_ok"], bool)),
-            "replicate_ok": ("replicate", np.asarray(fits["ok"], dtype=bool)),
+            "replicate_round": (
+                "replicate",
+                np.concatenate([[f["round"]] * f["ok"].size for f in rounds]),
+            ),
+            "replicate_misfit": (("replicate", "member"), stacked("misfit").astype(float)),
+            "replicate_fit_ok": (("replicate", "member"), stacked("fit_ok").astype(bool)),
+            "replicate_ok": ("replicate", stacked("ok").astype(bool)),
             **{f"replicate_{n}": ("replicate", rows[n][1]) for n in names},
+            **{
+                f"simulated_{n}": (
+                    "replicate",
+                    np.concatenate([[f["theta"][n]] * f["ok"].size for f in rounds]),
+                )
+                for n in names
+            },
         },
         coords={"parameter": names},
     )
@@ -328,10 +394,11 @@ def _calibration_dataset(settings, fits, rows) -> xr.Dataset:
         method=settings.method,
         level=settings.level,
         replicates=settings.replicates,
-        successful=int(fits["ok"].sum()),
-        members=int(fits["members"]),
+        rounds=len(rounds),
+        successful=int(stacked("ok").sum()),
+        members=int(rounds[0]["members"]),
         space="unconstrained (log for positive parameters); estimate, bias, spread, sd there",
-        **{f"theta_{k}": v for k, v in fits["theta"].items()},
+        **{f"theta_{k}": v for k, v in rounds[0]["theta"].items()},
     )
     return ds
 
@@ -342,7 +409,7 @@ def _kept_moments(draws: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.n
     return flat.mean(0), flat.std(0)
 
 
-def _field_calibration(fits, prediction, kept, pde, key):
+def _field_calibration(rounds, prediction, kept, pde, key):
     """Calibrated pointwise field sd on the evaluation grid and its scores vs the truth."""
     raw = prediction["u"]
     dims = tuple(prediction["u_true"].dims)
@@ -351,12 +418,17 @@ def _field_calibration(fits, prediction, kept, pde, key):
         [m.ravel() for m in np.meshgrid(*(prediction[d].values for d in dims), indexing="ij")],
         axis=-1,
     )
-    ok = fits["ok"]
-    rep_fields = fits["posterior"].predict(points, jax.random.fold_in(key, 11), sites=("u",))
-    rep_fields = _replicate_fields(fits, rep_fields["u"].values[0]).reshape(-1, *mean.shape)
-    truth_at_theta = pde.solve_observables(points, fits["theta"])["u"].reshape(mean.shape)
-    sd = rep.field_sd(rep_fields, truth_at_theta, sd_raw)
-    draws = rep.student_draws(mean, sd, int(ok.sum()), FIELD_DRAWS, np.random.default_rng(1))
+    errors = []
+    for index, fits in enumerate(rounds):
+        pred_k = fits["posterior"].predict(
+            points, jax.random.fold_in(key, 11 + index), sites=("u",)
+        )
+        fields = _replicate_fields(fits, pred_k["u"].values[0]).reshape(-1, *mean.shape)
+        truth = pde.solve_observables(points, fits["theta"])["u"].reshape(mean.shape)
+        errors.append(fields - truth)
+    errors = np.concatenate(errors)
+    sd = rep.field_sd(errors, 0.0, sd_raw)
+    draws = rep.student_draws(mean, sd, errors.shape[0], FIELD_DRAWS, np.random.default_rng(1))
     pred = xr.DataArray(
         draws[None], dims=("chain", "draw", *dims), coords={d: raw[d] for d in dims}
     )
@@ -369,13 +441,15 @@ def _field_calibration(fits, prediction, kept, pde, key):
     return scores, sd
 
 
-def _calibrated_sd_at(fits, posterior, pde, data, kept, key) -> np.ndarray:
+def _calibrated_sd_at(rounds, posterior, pde, data, kept, key) -> np.ndarray:
     points = sensor_data.points(data)
-    reps = fits["posterior"].predict(points, jax.random.fold_in(key, 13), sites=("u",))
     raw = posterior.predict(points, jax.random.fold_in(key, 17), sites=("u",))["u"].values
-    truth = pde.solve_observables(points, fits["theta"])["u"]
-    fields = _replicate_fields(fits, reps["u"].values[0])
-    return rep.field_sd(fields, truth, _kept_moments(raw, kept)[1])
+    errors = []
+    for index, fits in enumerate(rounds):
+        reps = fits["posterior"].predict(points, jax.random.fold_in(key, 13 + index), sites=("u",))
+        truth = pde.solve_observables(points, fits["theta"])["u"]
+        errors.append(_replicate_fields(fits, reps["u"].values[0]) - truth)
+    return rep.field_sd(np.concatenate(errors), 0.0, _kept_moments(raw, kept)[1])
 
 
 def _holdout_scores(settings, posterior, data, prediction, sd_calibrated, kept, key) -> dict:

@@ -71,6 +71,9 @@ class CalibrationSettings:
             the field band (0 keeps every sensor for the fit).
         max_misfit: a fit whose reduced :math:`\\chi^2` on its data exceeds this failed.
         num_draws: draws of the calibrated posterior stored in the DataTree.
+        rounds: replicates are simulated in this many rounds; round 1 at the estimate, each
+            later one at the estimate corrected by the previous round's bias (iterated
+            bootstrap: the bias is then measured near the truth, not at the biased estimate).
         members: fits per replicate; 0 (default) uses the refit backend's ``num_members``,
             so each replicate is refitted by the same pipeline as the data (an ensemble's
             estimate is the median of its members, its field their mean).
@@ -83,6 +86,7 @@ class CalibrationSettings:
     max_misfit: float = 4.0
     num_draws: int = 1000
     members: int = 0
+    rounds: int = 2
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -106,6 +110,14 @@ class CalibrationSettings:
             raise ValueError(f"[calibration] max_misfit must be > 1, got {self.max_misfit}")
         if isinstance(self.num_draws, bool) or not isinstance(self.num_draws, int):
             raise ValueError(f"[calibration] num_draws must be an integer, got {self.num_draws!r}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"[calibration] rounds must be an integer >= 1, got {self.rounds!r}")
+        if self.replicates < 2 * self.rounds + 1:
+            raise ValueError(
+                f"[calibration] replicates = {self.replicates} leave too few per round for "
+                f"rounds = {self.rounds}; give at least {2 * self.rounds + 1} replicates or "
+                "fewer rounds"
+            )
         if isinstance(self.members, bool) or not isinstance(self.members, int):
             raise ValueError(f"[calibration] members must be an integer, got {self.members!r}")
         if self.members < 0:
@@ -210,31 +222,55 @@ def robust_sd(values: np.ndarray) -> float:
     return mad if mad > 0 else float(values.std())
 
 
+def round_sizes(replicates: int, rounds: int) -> list[int]:
+    """Replicates per round, as even as possible, the later rounds the larger."""
+    base, extra = divmod(replicates, rounds)
+    return [base + (1 if i >= rounds - extra else 0) for i in range(rounds)]
+
+
 def calibrate_parameter(
     estimate: float, replicate_estimates: np.ndarray, posterior_sd: float, level: float
 ) -> ParameterCalibration:
-    """Bias and spread of the pipeline from its replicate estimates (see the module doc).
+    """One round of replicates simulated at ``estimate`` (see :func:`calibrate_rounds`)."""
+    return calibrate_rounds(estimate, [(estimate, replicate_estimates)], posterior_sd, level)
+
+
+def calibrate_rounds(
+    estimate: float, rounds, posterior_sd: float, level: float
+) -> ParameterCalibration:
+    r"""Bias and spread of the pipeline from replicate rounds (see the module doc).
+
+    Round ``j`` simulated at :math:`\phi_j` and refitted to :math:`\hat\phi_{jk}`. The
+    bias is the last round's, :math:`\hat b = \overline{\hat\phi_{Jk}} - \phi_J`
+    (iterated bootstrap: :math:`\phi_J` is already bias-corrected, so the bias is measured
+    near the truth); the spread pools every round's deviations from its own mean
+    (:math:`K - J` degrees of freedom); the prediction sd is
+    :math:`\max(s\sqrt{1 + 1/K_J}, \sigma_{post})`.
 
     Args:
-        estimate: the fitted value (unconstrained), also the replicates' truth.
-        replicate_estimates: ``(K,)`` refitted values (unconstrained), failed fits removed.
+        estimate: the fitted value (unconstrained).
+        rounds: ``[(phi_j, estimates_j), ...]``: where round ``j`` was simulated and its
+            ``(K_j,)`` refitted values (unconstrained), failed fits removed.
         posterior_sd: the raw posterior's sd (unconstrained).
         level: nominal level.
 
     Raises:
-        ValueError: with fewer than 3 replicate estimates.
+        ValueError: with fewer than 2 estimates in the last round or under 2 dof in all.
     """
-    reps = np.asarray(replicate_estimates, dtype=float)
-    k = reps.size
-    if k < 3:
+    rounds = [(float(at), np.asarray(est, dtype=float).ravel()) for at, est in rounds]
+    last_at, last = rounds[-1]
+    dof = sum(est.size - 1 for _, est in rounds if est.size)
+    if last.size < 2 or dof < 2:
         raise ValueError(
-            f"replicate calibration needs >= 3 successful replicate fits, got {k}; raise "
+            f"replicate calibration needs >= 2 successful fits in its last round and >= 2 "
+            f"degrees of freedom in all, got {[est.size for _, est in rounds]}; raise "
             "[calibration] replicates or the fitting steps"
         )
-    bias = float(np.mean(reps - estimate))
-    spread = float(np.std(reps, ddof=1))
-    sd = float(np.sqrt(max(spread**2 * (1.0 + 1.0 / k), posterior_sd**2)))
-    return ParameterCalibration(estimate, bias, spread, float(posterior_sd), sd, k - 1, level)
+    bias = float(last.mean() - last_at)
+    squares = sum(float(np.sum((est - est.mean()) ** 2)) for _, est in rounds if est.size)
+    spread = float(np.sqrt(squares / dof))
+    sd = float(np.sqrt(max(spread**2 * (1.0 + 1.0 / last.size), posterior_sd**2)))
+    return ParameterCalibration(estimate, bias, spread, float(posterior_sd), sd, dof, level)
 
 
 def field_sd(
@@ -243,7 +279,7 @@ def field_sd(
     """Pointwise calibrated field sd: the replicate RMS error, never below the posterior's.
 
     Args:
-        replicate_fields: ``(K, ...)`` refitted fields.
+        replicate_fields: ``(K, ...)`` refitted fields (or their errors, with truth 0).
         truth_field: ``(...)`` the field at the replicates' true parameters.
         posterior_sd: ``(...)`` the raw predictive sd.
     """
