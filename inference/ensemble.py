@@ -122,10 +122,14 @@ class DeepEnsemble:
             "objective": "anchored potential" if self.anchored else "negative log joint",
             "final_loss_per_member": final.tolist(),
         }
+        return self._posterior(program, constrained, predictive_key, shards, optimization)
+
+    def _posterior(self, program, constrained, key, shards, optimization) -> Posterior:
+        """Fits as draws ``(chain=1, draw=fit)``, with this backend's provenance."""
         return Posterior(
             samples={k: np.asarray(v)[None] for k, v in constrained.items()},
             program=program,
-            key=predictive_key,
+            key=key,
             kind="ensemble",
             attrs=provenance(
                 backend="ensemble",
@@ -160,26 +164,13 @@ class DeepEnsemble:
             )
         num = int(np.shape(leaves[0])[0])
         z, losses, shards = self._fit_batches(program, chain_keys(key, num), targets)
-        family = _map_fitter(
-            program, self.num_steps, self.learning_rate, self.lbfgs_steps, 1, False
-        )[2]
+        family = self._fitter(program, min(self.num_members, num))[2]
         constrained = jax.jit(jax.vmap(family.postprocess()))(z)
-        final = np.asarray(losses[:, -1], dtype=float)
-        return Posterior(
-            samples={k: np.asarray(v)[None] for k, v in constrained.items()},
-            program=program,
-            key=key,
-            kind="ensemble",
-            attrs=provenance(
-                backend="ensemble",
-                settings=dataclasses.asdict(self),
-                shards=shards,
-                optimization={
-                    "objective": "negative log joint (replicate data)",
-                    "final_loss_per_member": final.tolist(),
-                },
-            ),
-        )
+        optimization = {
+            "objective": "negative log joint (replicate data)",
+            "final_loss_per_member": np.asarray(losses[:, -1], dtype=float).tolist(),
+        }
+        return self._posterior(program, constrained, key, shards, optimization)
 
     def _fit_anchored(self, program: Program, keys):
         """Randomise-then-optimise members (see the class docstring)."""

@@ -115,21 +115,9 @@ def study_row(backend: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
         "wall_time_s": metrics.get("wall_time_s"),
     }
     row.update({k: field.get(k) for k in FIELD_COLUMNS})
-    for name, p in (metrics.get("parameters") or {}).items():
-        row[f"{name}_mean"] = p["mean"]
-        row[f"{name}_q05"], row[f"{name}_q95"] = p["q05"], p["q95"]
-        if "truth" in p:
-            row[f"{name}_truth"] = p["truth"]
-            row[f"{name}_error_pct"] = 100.0 * p["rel_error"]
-            row[f"{name}_truth_in_90"] = p["truth_in_90"]
+    row.update(_parameter_columns(metrics.get("parameters") or {}, ""))
     calibrated = metrics.get("calibrated") or {}
-    for name, p in (calibrated.get("parameters") or {}).items():
-        row[f"calibrated {name}_mean"] = p["mean"]
-        row[f"calibrated {name}_q05"], row[f"calibrated {name}_q95"] = p["q05"], p["q95"]
-        if "truth" in p:
-            row[f"calibrated {name}_truth"] = p["truth"]
-            row[f"calibrated {name}_error_pct"] = 100.0 * p["rel_error"]
-            row[f"calibrated {name}_truth_in_90"] = p["truth_in_90"]
+    row.update(_parameter_columns(calibrated.get("parameters") or {}, "calibrated "))
     if "field" in calibrated:
         row["calibrated_coverage_90"] = calibrated["field"]["coverage_90"]
     mcmc = diag.get("kind") == "mcmc"
@@ -139,6 +127,20 @@ def study_row(backend: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
     row["ess_bulk_min"] = min(ess) if mcmc and ess else None
     row["divergences"] = diag.get("divergences") if mcmc else None
     row["verdict"] = diag.get("verdict")
+    return row
+
+
+def _parameter_columns(params: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Mean, 90% interval and, with a truth, error and coverage of each parameter."""
+    row: dict[str, Any] = {}
+    for name, p in params.items():
+        key = f"{prefix}{name}"
+        row[f"{key}_mean"] = p["mean"]
+        row[f"{key}_q05"], row[f"{key}_q95"] = p["q05"], p["q95"]
+        if "truth" in p:
+            row[f"{key}_truth"] = p["truth"]
+            row[f"{key}_error_pct"] = 100.0 * p["rel_error"]
+            row[f"{key}_truth_in_90"] = p["truth_in_90"]
     return row
 
 
