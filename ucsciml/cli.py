@@ -338,8 +338,9 @@ def _print_parameters(metrics: dict) -> None:
     cal = metrics.get("calibrated") or {}
     if cal.get("method") == "replicates":
         print(
-            f"\ncalibrated by {cal['successful']} of {cal['replicates']} replicate refits "
-            "(data simulated at the fitted parameters, same sensors and noise, refitted):"
+            f"\ncalibrated by {cal['successful']} of {cal['replicates']} replicate refits in "
+            f"{cal.get('rounds', 1)} round(s) (data simulated with the reference solver at the "
+            "fitted, then bias-corrected, parameters; same sensors and noise; refitted):"
         )
         _print_parameter_rows("", cal.get("parameters") or {}, calibrated=True)
         if "field" in cal:
@@ -355,7 +356,11 @@ def _print_parameters(metrics: dict) -> None:
         )
         if "coverage_calibrated" in held:
             line += f", calibrated {100 * held['coverage_calibrated']:.0f}%"
-        line += f"; variance scaling fitted on them: x{held['variance_scale']:.2f}"
+        line += (
+            "; noise alone covers them at the nominal level"
+            if held["variance_scale"] == 0
+            else f"; variance scaling fitted on them: x{held['variance_scale']:.2f}"
+        )
         if "field_recalibrated" in held:
             line += f" -> field 90% coverage {100 * held['field_recalibrated']['coverage_90']:.1f}%"
         print(line)

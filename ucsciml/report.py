@@ -210,9 +210,10 @@ def _replicate_calibration(tree: xr.DataTree) -> str:
         level = float(attrs.get("level", 0.9))
         out.append(
             f"<p>{int(attrs.get('successful', 0))} of {int(attrs.get('replicates', 0))} replicate "
-            "datasets, simulated with the reference solver at the fitted parameters (same "
-            "sensors, same noise level) and refitted from fresh starts, measured this "
-            "pipeline's error. Calibrated intervals are bias-corrected and widened to that "
+            f"datasets in {int(attrs.get('rounds', 1))} round(s), simulated with the "
+            "reference solver (same sensors, same noise level; round 1 at the fitted "
+            "parameters, later rounds at the estimate corrected by the previous round's bias) "
+            "and refitted from fresh starts by the same pipeline, measured its error. Calibrated intervals are bias-corrected and widened to that "
             "spread (Student-t prediction intervals, never narrower than the posterior's); "
             "bias and spread are in each parameter's unconstrained space (log for a positive "
             "one). The raw posterior is unchanged.</p>"
@@ -267,7 +268,12 @@ def _replicate_calibration(tree: xr.DataTree) -> str:
         )
         if "holdout_coverage_calibrated" in attrs:
             line += f", calibrated {100 * attrs['holdout_coverage_calibrated']:.0f}%"
-        line += f"; variance scaling fitted on them ×{attrs['holdout_variance_scale']:.2f}"
+        scale = float(attrs["holdout_variance_scale"])
+        line += (
+            "; noise alone covers them at the nominal level"
+            if scale == 0
+            else f"; variance scaling fitted on them ×{scale:.2f}"
+        )
         if "holdout_field_coverage_90" in attrs:
             line += f" gives field 90% coverage {100 * attrs['holdout_field_coverage_90']:.1f}%"
         facts.append(line)
