@@ -142,14 +142,33 @@ def fit_map(
     adam_steps: int,
     learning_rate: float,
     lbfgs_steps: int,
-) -> tuple[PyTree, jax.Array]:
-    """Adam (:func:`adam_map`) then L-BFGS (:func:`lbfgs_polish`); returns the point and the
-    concatenated loss trace."""
+) -> tuple[PyTree, jax.Array, jax.Array]:
+    """Adam (:func:`adam_map`) then L-BFGS (:func:`lbfgs_polish`); returns the point, the
+    concatenated loss trace and :func:`end_point_checks` at the point."""
     z, losses = adam_map(potential_fn, z0, adam_steps, learning_rate)
     if lbfgs_steps:
         z, polish = lbfgs_polish(potential_fn, z, lbfgs_steps)
         losses = jnp.concatenate([losses, polish])
-    return z, losses
+    return z, losses, end_point_checks(potential_fn, z)
+
+
+def end_point_checks(potential_fn: Callable[[PyTree], jax.Array], z: PyTree) -> jax.Array:
+    """``[max |g|, d]`` at ``z``: the largest gradient component, and the loss decrease a
+    Newton step along the gradient predicts, ``d = |g|^4 / (2 g^T H g)`` (one Hessian-vector
+    product; ``inf`` where the curvature along ``g`` is not positive or anything is not
+    finite). ``d`` is in the loss's own units (nats of log density) whatever the scale of
+    the parameters, the inputs of :func:`ucsciml.convergence.judge`."""
+    grad_fn = jax.grad(potential_fn)
+    grad = grad_fn(z)
+    _, hvp = jax.jvp(grad_fn, (z,), (grad,))
+    leaves = jax.tree.leaves(grad)
+    worst = jnp.max(jnp.array([jnp.max(jnp.abs(g)) for g in leaves]))
+    g2 = sum(jnp.vdot(g, g) for g in leaves)
+    curvature = sum(jnp.vdot(g, h) for g, h in zip(leaves, jax.tree.leaves(hvp), strict=True))
+    decrease = jnp.where(curvature > 0, g2**2 / (2.0 * curvature), jnp.inf)
+    decrease = jnp.where(g2 == 0, 0.0, decrease)
+    out = jnp.stack([worst, decrease])
+    return jnp.where(jnp.isfinite(out), out, jnp.inf)
 
 
 def check_continuous(program: Program, backend: str) -> None:

@@ -12,6 +12,7 @@ import optax
 from numpyro import handlers
 
 from ucsciml._types import PRNGKey
+from ucsciml.convergence import judge
 from ucsciml.inference._driver import sample_scan
 from ucsciml.inference._map import is_finite_tree, potential_family, with_deterministics
 from ucsciml.posterior import Posterior
@@ -138,6 +139,12 @@ class MCDropout:
             "trace_every": every,
             "trace": [float(x) for x in losses[::every]],
             "dropout_rate": program.attrs.get("dropout_rate"),
+            "convergence": judge(
+                losses,
+                phase="MC dropout fit",
+                stochastic=True,
+                hint="raise num_steps or lower learning_rate",
+            ),
             "point_estimates": [s for s in latent if s not in program.network_sites],
         }
         return Posterior(

@@ -16,6 +16,7 @@ from numpyro import handlers
 from numpyro.primitives import Messenger
 
 from ucsciml._types import PRNGKey
+from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards
 from ucsciml.inference._map import check_continuous, fit_map, potential, potential_family
 from ucsciml.posterior import Posterior
@@ -76,7 +77,7 @@ class DeepEnsemble:
     num_members: int = 8
     num_steps: int = 3000
     learning_rate: float = 1e-2
-    lbfgs_steps: int = 0
+    lbfgs_steps: int = 200
     anchored: bool = False
     shard: bool = True
 
@@ -106,9 +107,11 @@ class DeepEnsemble:
         run_key, predictive_key = jax.random.split(key)
         keys = chain_keys(run_key, self.num_members)
         if self.anchored:
-            z, losses, shards, postprocess = self._fit_anchored(program, keys)
+            z, losses, grads, shards, postprocess = self._fit_anchored(program, keys)
         else:
-            z, losses, shards = self._fit_batches(program, keys, _tile(program.targets, len(keys)))
+            z, losses, grads, shards = self._fit_batches(
+                program, keys, _tile(program.targets, len(keys))
+            )
             postprocess = self._fitter(program, self.num_members)[2].postprocess()
         constrained = jax.jit(jax.vmap(postprocess))(z)
         final = np.asarray(losses[:, -1], dtype=float)
@@ -121,6 +124,7 @@ class DeepEnsemble:
         optimization = {
             "objective": "anchored potential" if self.anchored else "negative log joint",
             "final_loss_per_member": final.tolist(),
+            "convergence": self._verdict(losses, grads, "ensemble members"),
         }
         return self._posterior(program, constrained, predictive_key, shards, optimization)
 
@@ -163,14 +167,23 @@ class DeepEnsemble:
                 "replicate axis"
             )
         num = int(np.shape(leaves[0])[0])
-        z, losses, shards = self._fit_batches(program, chain_keys(key, num), targets)
+        z, losses, grads, shards = self._fit_batches(program, chain_keys(key, num), targets)
         family = self._fitter(program, min(self.num_members, num))[2]
         constrained = jax.jit(jax.vmap(family.postprocess()))(z)
         optimization = {
             "objective": "negative log joint (replicate data)",
             "final_loss_per_member": np.asarray(losses[:, -1], dtype=float).tolist(),
+            "convergence": self._verdict(losses, grads, "replicate refits"),
         }
         return self._posterior(program, constrained, key, shards, optimization)
+
+    def _verdict(self, losses, grads, phase: str) -> dict:
+        hint = (
+            "raise lbfgs_steps (an L-BFGS polish converges where Adam's decayed rate stalls)"
+            if self.lbfgs_steps == 0
+            else "raise num_steps or lbfgs_steps, or lower learning_rate"
+        )
+        return judge(np.asarray(losses), np.asarray(grads), phase=phase, hint=hint)
 
     def _fit_anchored(self, program: Program, keys):
         """Randomise-then-optimise members (see the class docstring)."""
@@ -199,8 +212,8 @@ class DeepEnsemble:
 
         shards = num_shards(self.num_members) if self.shard else 1
         fit = map_chains(member, self.num_members) if shards > 1 else jax.jit(jax.vmap(member))
-        z, losses = fit(keys)
-        return z, losses, shards, pot.postprocess_fn
+        z, losses, grads = fit(keys)
+        return z, losses, grads, shards, pot.postprocess_fn
 
     def _fitter(self, program: Program, batch: int):
         return _map_fitter(
@@ -220,19 +233,20 @@ class DeepEnsemble:
             )
         fit, shards, _ = self._fitter(program, batch)
         inputs = _tile(program.inputs, batch)
-        zs, losses = [], []
+        zs, losses, grads = [], [], []
         for start in range(0, num, batch):
             part = _rows(targets, start, start + batch)
-            z, loss = fit((keys[start : start + batch], part, inputs))
+            z, loss, grad = fit((keys[start : start + batch], part, inputs))
             zs.append(z)
             losses.append(loss)
+            grads.append(grad)
         z = jax.tree.map(lambda *xs: jnp.concatenate(xs), *zs)
-        return z, jnp.concatenate(losses), shards
+        return z, jnp.concatenate(losses), jnp.concatenate(grads), shards
 
 
 @functools.lru_cache(maxsize=8)
 def _map_fitter(program, num_steps, learning_rate, lbfgs_steps, batch, shard):
-    """``fit((keys, targets, inputs)) -> (z, losses)``: ``batch`` plain MAP fits of
+    """``fit((keys, targets, inputs)) -> (z, losses, grads)``: ``batch`` plain MAP fits of
     ``program``'s potential with the data as traced arguments (leading batch axis on all
     three), one after another on each device (``lax.map``: vmapping L-BFGS's line search
     costs ~3x) and split over devices (``shard_map``). Cached per program and settings, so

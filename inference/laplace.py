@@ -15,6 +15,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ucsciml._types import PRNGKey
+from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys
 from ucsciml.inference._map import check_continuous, fit_map, potential
 from ucsciml.posterior import Posterior
@@ -159,27 +160,27 @@ class Laplace:
             )
 
         def fit(flat):
-            mode, losses = find_mode(flat)
-            return mode, losses, _precision(flat_potential, mode, mode_of)
+            mode, losses, grad = find_mode(flat)
+            return mode, losses, grad, _precision(flat_potential, mode, mode_of)
 
         def fit_modes(keys):
             starts = jax.vmap(lambda k: ravel_pytree(pot.init(k))[0])(keys)
-            modes, losses = jax.vmap(find_mode)(starts)
+            modes, losses, grads = jax.vmap(find_mode)(starts)
             precisions = jax.lax.map(lambda m: _precision(flat_potential, m, mode_of), modes)
-            return modes, losses, precisions
+            return modes, losses, grads, precisions
 
         draw = functools.partial(
             _gaussian_draws, num_samples=self.num_samples, floor=self.min_eigenvalue
         )
         if num_modes == 1:
             # The single-mode path is kept as it was, so its draws are unchanged bit for bit.
-            mode, losses, precision = jax.jit(fit)(flat0)
-            modes, losses = mode[None], losses[None]
+            mode, losses, grads, precision = jax.jit(fit)(flat0)
+            modes, losses, grads = mode[None], losses[None], grads[None]
             draws, eigenvalues, variance = jax.tree.map(
                 lambda x: x[None], draw(draw_key, mode, precision)
             )
         else:
-            modes, losses, precisions = jax.jit(fit_modes)(chain_keys(init_key, num_modes))
+            modes, losses, grads, precisions = jax.jit(fit_modes)(chain_keys(init_key, num_modes))
             draws, eigenvalues, variance = jax.jit(jax.vmap(draw))(
                 chain_keys(draw_key, num_modes), modes, precisions
             )
@@ -205,6 +206,13 @@ class Laplace:
             "min_eigenvalue": float(np.min(min_eig)),
             "min_eigenvalue_per_mode": min_eig,
             "trace_every": max(1, -(-losses.shape[1] // 200)),
+            "convergence": judge(
+                losses,
+                np.asarray(grads),
+                phase="Laplace mode search" + (f" ({num_modes} modes)" if num_modes > 1 else ""),
+                hint="raise map_steps or lbfgs_steps (a Hessian away from the mode is not "
+                "the posterior's curvature)",
+            ),
         }
         if num_modes > 1:
             optimization["trace_mode"] = best

@@ -16,6 +16,7 @@ from numpyro.infer import NUTS as NumPyroNUTS
 from numpyro.infer.initialization import init_to_sample
 
 from ucsciml._types import PRNGKey
+from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards
 from ucsciml.inference._driver import sample_scan
 from ucsciml.inference._map import fit_map, potential
@@ -76,7 +77,7 @@ class NUTS:
     init: Literal["prior", "map"] = "prior"
     map_steps: int = 2000
     map_learning_rate: float = 1e-2
-    map_lbfgs_steps: int = 0
+    map_lbfgs_steps: int = 200
     progress_bar: bool = True
     shard: bool = True
     sample_sites: tuple[str, ...] = ()
@@ -123,12 +124,15 @@ class NUTS:
         fixed_sites = _fixed_sites(program, self.sample_sites)
         run_key, predictive_key = jax.random.split(key)
         keys = chain_keys(run_key, self.num_chains)
+        optimization = None
         if self.engine == "numpyro" and self.init == "prior":
             # NumPyro draws the prior start itself (init_to_sample): no extra compile here.
             samples, stats = self._run_numpyro(program, keys, None)
         else:
             pot = potential(program, jax.random.key(0))
-            init_params, losses = self._initial_positions(pot, keys)
+            init_params, losses, verdict = self._initial_positions(pot, keys)
+            if verdict is not None:
+                optimization = {"objective": "MAP initialisation", "convergence": verdict}
             sampled, fixed = program, {}
             if fixed_sites:
                 sampled, pot, init_params, fixed = _subspace(
@@ -149,7 +153,12 @@ class NUTS:
             key=predictive_key,
             sample_stats=stats,
             kind="mcmc",
-            attrs=provenance(backend="nuts", settings=settings, shards=self._shards()),
+            attrs=provenance(
+                backend="nuts",
+                settings=settings,
+                shards=self._shards(),
+                **({"optimization": optimization} if optimization else {}),
+            ),
         )
 
     def _shards(self) -> int:
@@ -158,7 +167,7 @@ class NUTS:
     def _initial_positions(self, pot, keys):
         starts = jax.vmap(lambda k: pot.init(jax.random.fold_in(k, 1)))(keys)
         if self.init == "prior":
-            return starts, None
+            return starts, None, None
         fit = map_chains(
             lambda z: fit_map(
                 pot.potential_fn, z, self.map_steps, self.map_learning_rate, self.map_lbfgs_steps
@@ -166,15 +175,22 @@ class NUTS:
             self.num_chains,
             self.shard,
         )
-        z, losses = fit(starts)
+        z, losses, grads = fit(starts)
         final = np.asarray(losses[:, -1])
+        verdict = judge(
+            np.asarray(losses),
+            np.asarray(grads),
+            phase="NUTS MAP initialisation",
+            hint="raise map_steps or map_lbfgs_steps (warmup still adapts from these starts)",
+            decisive=False,
+        )
         log.info("MAP initialisation: final potential per chain %s", np.round(final, 2).tolist())
         if not np.isfinite(final).all():
             raise FloatingPointError(
                 "MAP initialisation diverged (non-finite potential); lower "
                 "map_learning_rate or use init='prior'"
             )
-        return z, final
+        return z, final, verdict
 
     def _run_numpyro(self, program, keys, init_params):
         kernel = NumPyroNUTS(

@@ -22,6 +22,7 @@ from numpyro.primitives import Messenger
 
 from ucsciml import checkpoint
 from ucsciml._types import PRNGKey
+from ucsciml.convergence import judge
 from ucsciml.inference._driver import scan_in_chunks
 from ucsciml.inference._map import check_continuous, fit_map, potential, with_deterministics
 from ucsciml.posterior import Posterior
@@ -50,10 +51,12 @@ class VI:
     flow). The fitted guide's draws are the posterior, laid out as ``(chain=1,
     draw=num_samples)``; deterministic sites are recomputed for each draw.
 
-    The negative-ELBO trace, thinned to at most 200 points, its final value and a convergence
-    verdict (the mean loss of the last 10% of steps against the 10% before, within
-    ``convergence_tol`` relative or three standard errors) are stored in
-    ``Posterior.attrs["optimization"]`` (kept in the DataTree's attributes).
+    The negative-ELBO trace, thinned to at most 200 points, its final value and convergence
+    verdicts (:func:`ucsciml.convergence.judge`: the mean loss of the last 10% of steps
+    against the 10% before, within ``convergence_tol`` relative once three standard errors of
+    noise are allowed; and the MAP start's verdict with ``init="map"``) are stored in
+    ``Posterior.attrs["optimization"]`` (kept in the DataTree's attributes and judged by
+    ``diagnostics.check``).
 
     **Minibatching.** ``minibatch={"plate": size}`` subsamples the named plates each step,
     and NumPyro scales their log-likelihood by ``N / size``, so the ELBO estimate stays
@@ -117,7 +120,7 @@ class VI:
     init: Literal["prior", "map"] = "prior"
     map_steps: int = 2000
     map_learning_rate: float = 1e-2
-    map_lbfgs_steps: int = 0
+    map_lbfgs_steps: int = 200
     minibatch: Mapping[str, int] = field(default_factory=dict)
     convergence_tol: float = 1e-3
     checkpoint_dir: str | None = None
@@ -165,7 +168,8 @@ class VI:
         check_continuous(program, "VI")
         model = self._model(program)
         init_key, map_key, draw_key, det_key, predictive_key = jax.random.split(key, 5)
-        guide = self._guide(model, self._init_loc_fn(program, map_key))
+        init_loc_fn, map_verdict = self._init_loc_fn(program, map_key)
+        guide = self._guide(model, init_loc_fn)
         svi = SVI(model, guide, optax_to_numpyro(self._optimizer()), Trace_ELBO(self.num_particles))
         args, kwargs = (program.inputs,), {"targets": program.targets}
         state = (svi.init(init_key, *args, **kwargs), jnp.full(self.num_steps, jnp.nan))
@@ -202,7 +206,7 @@ class VI:
         sites = set(program.latent_sites())
         latent = {k: v for k, v in latent.items() if k in sites}
         draws = with_deterministics(program, latent, det_key)
-        optimization = self._optimization_record(np.asarray(losses), start)
+        optimization = self._optimization_record(np.asarray(losses), start, map_verdict)
         settings = dataclasses.asdict(self)
         settings["minibatch"] = dict(self.minibatch)
         return Posterior(
@@ -239,9 +243,9 @@ class VI:
 
     def _init_loc_fn(self, program: Program, key: PRNGKey):
         if self.init == "prior":
-            return init_to_sample
+            return init_to_sample, None
         pot = potential(program, key)
-        z, losses = fit_map(
+        z, losses, grad = fit_map(
             pot.potential_fn,
             pot.init(key),
             self.map_steps,
@@ -252,9 +256,16 @@ class VI:
             raise FloatingPointError(
                 "VI MAP initialisation diverged; lower map_learning_rate or use init='prior'"
             )
+        verdict = judge(
+            np.asarray(losses),
+            np.asarray(grad),
+            phase="VI MAP initialisation",
+            hint="raise map_steps or map_lbfgs_steps (the guide still fits from this start)",
+            decisive=False,
+        )
         latent = set(program.latent_sites())
         values = {k: v for k, v in pot.postprocess_fn(z).items() if k in latent}
-        return init_to_value(values=values)
+        return init_to_value(values=values), verdict
 
     def _guide(self, model, init_loc_fn):
         common = {"init_loc_fn": init_loc_fn}
@@ -295,33 +306,25 @@ class VI:
         key_data = np.asarray(jax.random.key_data(key)).tolist()
         return config_hash([settings, key_data, program.name, digest.hexdigest()])
 
-    def _optimization_record(self, losses: np.ndarray, start: int) -> dict:
+    def _optimization_record(self, losses: np.ndarray, start: int, map_verdict) -> dict:
         n = losses.shape[0]
-        window = max(1, n // 10)
-        last = losses[-window:]
-        prev = losses[-2 * window : -window] if n >= 2 * window else losses[:window]
-        change = abs(float(last.mean() - prev.mean()))
-        noise = 3.0 * float(last.std()) / np.sqrt(window) * np.sqrt(2.0)
-        scale = max(1.0, abs(float(last.mean())))
-        converged = bool(
-            np.isfinite(losses).all() and change <= max(noise, self.convergence_tol * scale)
+        verdict = judge(
+            losses,
+            phase="VI (negative ELBO)",
+            rtol=self.convergence_tol,
+            stochastic=True,
+            hint="raise num_steps, lower learning_rate or use more num_particles",
         )
-        if not converged:
-            log.warning(
-                "VI did not converge: the mean loss moved by %.3g over the last %d steps "
-                "(tolerance %.3g); raise num_steps or lower learning_rate",
-                change,
-                window,
-                max(noise, self.convergence_tol * scale),
-            )
         every = max(1, -(-n // _TRACE_POINTS))
+        window = max(1, n // 10)
         return {
             "objective": "negative ELBO",
             "num_steps": n,
             "final_loss": float(losses[-1]),
-            "final_window_mean": float(last.mean()),
-            "converged": converged,
-            "window_change": change,
+            "final_window_mean": float(losses[-window:].mean()),
+            "converged": verdict["converged"],
+            "window_change": verdict["relative_change"],
+            "convergence": [verdict, *([map_verdict] if map_verdict else [])],
             "trace_every": every,
             "trace": [float(x) for x in losses[::every]],
             "resumed_from_step": start,

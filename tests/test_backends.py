@@ -154,7 +154,11 @@ def test_contract_shapes_groups_and_determinism(name, problem):
     assert tree["posterior"]["beta"].dims == ("chain", "draw", "feature")
     assert tree["posterior_predictive"]["y"].shape == (chains, draws, 40)
     diag = uq.diagnostics.check(tree)
-    assert diag.verdict == "n/a"
+    # Every optimising backend judges its fit; a failed verdict (these are short fits) makes
+    # the run's verdict a warning, otherwise no check applies.
+    assert diag.optimization
+    decisive_ok = all(v["converged"] for v in diag.optimization if v.get("decisive", True))
+    assert diag.verdict == ("n/a" if decisive_ok else "warn")
     assert "do not apply" in diag.messages[0]
     pred = posterior.predict(np.ones((5, 3)), jax.random.key(2), sites=("y",))
     assert pred["y"].shape == (chains, draws, 5)

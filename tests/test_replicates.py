@@ -293,3 +293,14 @@ def test_use_every_core_sets_and_respects_xla_flags():
     assert env["XLA_FLAGS"].endswith("=1")
     with pytest.raises(ValueError, match="UCSCIML_CPU_DEVICES"):
         use_every_core({"UCSCIML_CPU_DEVICES": "two"})
+
+
+def test_held_out_scores_use_the_scored_field_when_several_are_observed():
+    # A stream-function PDE observes (u, v); the field band and the held-out check score u.
+    from ucsciml.calibrated import _scored_observations
+
+    values = {"u": np.array([1.0, 2.0, 3.0]), "v": np.array([-1.0, -2.0, -3.0])}
+    data = uq.data.sensors(values=values, noise_std=0.1, x=np.zeros(3), y=np.ones(3))
+    np.testing.assert_array_equal(_scored_observations(data), values["u"])
+    single = uq.data.sensors(u=values["v"], x=np.zeros(3))
+    np.testing.assert_array_equal(_scored_observations(single), values["v"])

@@ -29,6 +29,7 @@ from scipy import stats
 from ucsciml import calibration
 from ucsciml import data as sensor_data
 from ucsciml import replicates as rep
+from ucsciml.convergence import combine, verdicts_of
 from ucsciml.pde.base import AbstractPDE, Unknown
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
@@ -104,6 +105,9 @@ def calibrate_run(
         table, calibrated_draws, cal_ds = _parameter_calibration(
             settings, pde, posterior, fits, kept
         )
+        verdicts = [v for f in fits for v in verdicts_of(f["posterior"].attrs.get("optimization"))]
+        if verdicts:
+            metrics["refit_convergence"] = combine(verdicts, "replicate refits")
         metrics.update(
             replicates=settings.replicates,
             rounds=len(fits),
@@ -452,11 +456,20 @@ def _calibrated_sd_at(rounds, posterior, pde, data, kept, key) -> np.ndarray:
     return rep.field_sd(np.concatenate(errors), 0.0, _kept_moments(raw, kept)[1])
 
 
+def _scored_observations(data: xr.Dataset) -> np.ndarray:
+    """The held-out sensors' values of the scored field ``u`` (the first observable, e.g.
+    the x-velocity of a stream-function PDE, when several are observed)."""
+    values = sensor_data.observations(data)
+    if values.ndim == 1:
+        return values
+    return values[:, sensor_data.observed_names(data).index("u")]
+
+
 def _holdout_scores(settings, posterior, data, prediction, sd_calibrated, kept, key) -> dict:
     """Coverage of held-out noisy sensors (raw, replicate-calibrated) and the variance-scaling
     recalibration fitted on them, applied to the field on the grid."""
     points = sensor_data.points(data)
-    y = sensor_data.observations(data)
+    y = _scored_observations(data)
     noise = sensor_data.noise_std(data)
     draws = posterior.predict(points, jax.random.fold_in(key, 19), sites=("u",))["u"].values
     if kept is None:

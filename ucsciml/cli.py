@@ -348,6 +348,16 @@ def _print_parameters(metrics: dict) -> None:
                 f"  field: 90% coverage of the truth {100 * cal['field']['coverage_90']:.1f}% "
                 f"(band widened x{cal['field']['inflation_median']:.1f} at the median point)"
             )
+        refits = cal.get("refit_convergence")
+        if refits:
+            print(
+                f"  {refits['message']}"
+                + (
+                    ""
+                    if refits["converged"]
+                    else " Their optimisation error is part of the spread the calibration measures."
+                )
+            )
     held = cal.get("holdout")
     if held:
         line = (

@@ -25,6 +25,8 @@ import arviz_stats as azs
 import numpy as np
 import xarray as xr
 
+from ucsciml.convergence import verdicts_of
+
 RHAT_MAX = 1.01
 ESS_MIN = 400
 BFMI_MIN = 0.3
@@ -72,6 +74,7 @@ class Diagnostics:
     verdict: str = "pass"
     messages: tuple[str, ...] = field(default_factory=tuple)
     mode_splits: tuple[ModeSplit, ...] | None = None
+    optimization: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     @property
     def converged(self) -> bool:
@@ -95,6 +98,7 @@ class Diagnostics:
                 if self.mode_splits is not None
                 else None
             ),
+            "optimization": [dict(v) for v in self.optimization],
         }
 
     def to_text(self) -> str:
@@ -120,6 +124,10 @@ class Diagnostics:
             lines.append("BFMI per chain: " + ", ".join(f"{b:.2f}" for b in self.bfmi))
         if self.max_treedepth_fraction is not None:
             lines.append(f"draws at max tree depth: {100 * self.max_treedepth_fraction:.1f}%")
+        for v in self.optimization:
+            lines.append(
+                f"optimisation: {'converged' if v['converged'] else 'NOT CONVERGED'}: {v['message']}"
+            )
         lines.append(f"overall: {self.verdict.upper()}")
         lines.extend(f"  - {m}" for m in self.messages)
         return "\n".join(lines)
@@ -185,8 +193,20 @@ def check(tree: xr.DataTree) -> Diagnostics:
         and (bad_rhat or low_ess or divergences or _low(bfmi) or (depth_fraction or 0) > 0)
         else "pass"
     )
+    optimization = _optimization_verdicts(tree)
+    unconverged = [v for v in optimization if not v["converged"]]
+    decisive = [v for v in unconverged if v.get("decisive", True)]
     if kind != "mcmc":
-        verdict = "n/a"
+        # No mixing checks apply; the optimisations that made the draws are what is judged.
+        verdict = "warn" if decisive else "n/a"
+    elif decisive:
+        verdict = "warn"
+    for v in unconverged:
+        start = v.get("decisive", True)
+        messages.append(
+            v["message"]
+            + ("" if start else " (a starting point only; later steps move on from it)")
+        )
     return Diagnostics(
         kind,
         tuple(rows),
@@ -198,7 +218,19 @@ def check(tree: xr.DataTree) -> Diagnostics:
         verdict,
         tuple(messages),
         tuple(mode_splits) if mode_splits is not None else None,
+        tuple(optimization),
     )
+
+
+def _optimization_verdicts(tree: xr.DataTree) -> list[dict[str, Any]]:
+    """The convergence verdicts the backend stored (``ucsciml.convergence``); empty for
+    trees written before verdicts existed or by other tools."""
+    raw = tree.attrs.get("ucsciml_attrs")
+    try:
+        attrs = json.loads(raw) if isinstance(raw, str) else (raw or {})
+    except json.JSONDecodeError:
+        return []
+    return verdicts_of(attrs.get("optimization") if isinstance(attrs, dict) else None)
 
 
 def variance_decomposition(

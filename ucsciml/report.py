@@ -143,6 +143,34 @@ def _diagnostics(tree: xr.DataTree, diag: diagnostics.Diagnostics) -> str:
     )
     if diag.messages:
         out.append("<ul>" + "".join(f"<li>{_e(m)}</li>" for m in diag.messages) + "</ul>")
+    if diag.optimization:
+        out.append("<h3>Optimisation verdicts</h3>")
+        out.append(
+            _table(
+                [
+                    "phase",
+                    "fits",
+                    "failed",
+                    "Newton decrease (nats)",
+                    "max |grad|",
+                    "loss change",
+                    "verdict",
+                ],
+                [
+                    [
+                        v["phase"],
+                        str(v["fits"]),
+                        str(v["failed"]),
+                        _num(v.get("decrease")),
+                        _num(v.get("grad_norm")),
+                        _num(v.get("relative_change")),
+                        _verdict("pass" if v["converged"] else "warn"),
+                    ]
+                    for v in diag.optimization
+                ],
+                raw_last=True,
+            )
+        )
     names = _plot_vars(tree)
     if mcmc and names and diag.num_chains >= 2:
         import arviz_plots as azp

@@ -1,0 +1,177 @@
+"""Convergence verdicts: the rule on known traces, and every backend's optimisation judged.
+
+The rule (``ucsciml.convergence.judge``) is checked on traces whose answer is known by
+construction; the backends are checked on the conjugate regression, where an optimiser
+stopped after a handful of steps is certainly short of the optimum and one run to L-BFGS's
+tolerance certainly is not.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import exact_regression_posterior, regression_model
+
+import ucsciml as uq
+from ucsciml import inference
+from ucsciml.convergence import combine, judge, verdicts_of
+from ucsciml.diagnostics import check
+
+
+def test_the_end_point_decides_when_measured():
+    # A flat loss (Adam stalled on a decayed rate) whose Newton step would still gain 0.5
+    # nats (1 sd away) is not converged; a trace whose last window spans a drop (an
+    # Adam-to-L-BFGS switch) ending where the step gains nothing is.
+    flat = np.full(100, 3.0)
+    stalled = judge(flat, [5.0, 0.5], phase="fit")
+    assert not stalled["converged"] and stalled["failed"] == 1
+    assert "did NOT converge" in stalled["message"] and "dtol" in stalled["message"]
+    drop = np.concatenate([np.full(95, 3.0), np.full(5, 1.0)])
+    switched = judge(drop, [0.5, 1e-6], phase="fit")
+    assert switched["converged"] and switched["relative_change"] > 0.1
+    # A gradient lost in rounding passes even where the curvature could not be measured.
+    assert judge(flat, [1e-5, np.inf], phase="fit")["converged"]
+
+
+def test_newton_decrease_is_half_the_squared_sd_offset_on_a_gaussian():
+    # U(z) = sum((z - m)^2 / (2 s^2)): from z = m + delta * s along one axis the gradient is
+    # delta / s and the curvature 1 / s^2, so d = delta^2 / 2 exactly, whatever s.
+    from ucsciml.inference._map import end_point_checks
+
+    m, s = jnp.array([1.0, -2.0]), jnp.array([1e-3, 1e3])
+
+    def potential(z):
+        return jnp.sum((z["x"] - m) ** 2 / (2 * s**2))
+
+    for axis in (0, 1):
+        z = {"x": m.at[axis].add(0.3 * s[axis])}
+        grad, decrease = np.asarray(end_point_checks(potential, z))
+        # float32: m + 0.3 s carries a relative rounding error of ~1e-7 / 3e-4 in delta.
+        assert decrease == pytest.approx(0.3**2 / 2, rel=2e-3)
+        assert grad == pytest.approx(0.3 / float(s[axis]), rel=1e-3)
+
+
+def test_loss_change_decides_without_gradient():
+    # Window 10 of 100 steps: last-window mean 1.0 vs 1.0 + 1e-3 before, relative 1e-3.
+    trace = np.concatenate([np.full(80, 2.0), np.full(10, 1.001), np.full(10, 1.0)])
+    verdict = judge(trace, phase="fit", rtol=1e-2)
+    assert verdict["converged"]
+    assert verdict["relative_change"] == pytest.approx(1e-3)
+    assert not judge(trace, phase="fit", rtol=1e-4)["converged"]
+
+
+def test_stochastic_noise_alone_does_not_fail_but_a_trend_does():
+    rng = np.random.default_rng(0)
+    noise = 100.0 + rng.normal(size=2000)
+    assert not judge(noise, phase="vi", rtol=1e-6)["converged"]
+    assert judge(noise, phase="vi", rtol=1e-6, stochastic=True)["converged"]
+    trend = noise - np.linspace(0.0, 50.0, 2000)
+    assert not judge(trend, phase="vi", rtol=1e-3, stochastic=True)["converged"]
+
+
+def test_non_finite_fits_fail_and_are_counted():
+    traces = np.ones((3, 10))
+    traces[1, -1] = np.nan
+    verdict = judge(traces, np.zeros((3, 2)), phase="members")
+    assert verdict["failed"] == 1 and verdict["fits"] == 3
+    assert "1 of 3" in verdict["message"] and "non-finite" in verdict["message"]
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="end-point checks"):
+        judge(np.ones((2, 10)), [0.0, 0.0], phase="x")
+    with pytest.raises(ValueError, match="steps"):
+        judge(np.ones((2, 0)), phase="x")
+
+
+def test_combine_counts_every_fit():
+    good = judge(np.ones((2, 10)), np.zeros((2, 2)), phase="batch")
+    bad = judge(np.ones((2, 10)), [[0.0, 0.0], [1.0, 1.0]], phase="batch")
+    both = combine([good, bad], "replicate refits")
+    assert both["fits"] == 4 and both["failed"] == 1 and not both["converged"]
+    assert both["message"].startswith("replicate refits")
+    assert verdicts_of({"convergence": [good, bad]}) == [good, bad]
+    assert verdicts_of({"convergence": good}) == [good]
+    assert verdicts_of(None) == []
+
+
+def _unseen_regression(seed: int = 7, n: int = 60, features: int = 5):
+    """A conjugate regression no other test uses, with features on different scales."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, features)) * np.array([1.0, 3.0, 0.3, 1.0, 2.0])
+    y = X @ rng.normal(size=features) + 0.5 * rng.normal(size=n)
+    program = uq.Program.from_numpyro(regression_model, jnp.asarray(X), jnp.asarray(y))
+    mean, cov = exact_regression_posterior(X, y)
+    return program, mean, np.sqrt(np.diag(cov))
+
+
+@pytest.fixture(scope="module")
+def unseen():
+    return _unseen_regression()
+
+
+def test_an_optimiser_stopped_early_gets_a_warning_verdict(unseen):
+    program = unseen[0]
+    early = inference.DeepEnsemble(num_members=4, num_steps=5, lbfgs_steps=0)
+    diag = check(early.run(program, jax.random.key(0)).to_datatree())
+    assert diag.verdict == "warn"
+    assert any("ensemble members: 4 of 4 did NOT converge" in m for m in diag.messages)
+    assert diag.optimization and not diag.optimization[0]["converged"]
+    assert "NOT CONVERGED" in diag.to_text()
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        inference.Laplace(map_steps=3, lbfgs_steps=0, num_samples=10),
+        # A constant rate: a decayed one flattens the ELBO before the optimum, which a loss
+        # trace cannot tell from convergence (see ucsciml.convergence).
+        inference.VI(
+            num_steps=200, learning_rate=3e-3, num_particles=32, schedule="constant", num_samples=10
+        ),
+    ],
+    ids=["laplace", "vi"],
+)
+def test_every_optimising_backend_warns_when_stopped_early(unseen, backend):
+    diag = check(backend.run(unseen[0], jax.random.key(0)).to_datatree())
+    assert diag.verdict == "warn"
+    assert any("did NOT converge" in m for m in diag.messages)
+
+
+def test_an_unconverged_nuts_start_is_mentioned_not_failed(unseen):
+    nuts = inference.NUTS(
+        num_warmup=200,
+        num_samples=300,
+        num_chains=2,
+        init="map",
+        map_steps=2,
+        map_lbfgs_steps=0,
+        progress_bar=False,
+    )
+    diag = check(nuts.run(unseen[0], jax.random.key(0)).to_datatree())
+    start = [m for m in diag.messages if "NUTS MAP initialisation" in m]
+    assert start and "starting point only" in start[0]
+    # The warmed-up chains mix on this Gaussian posterior: the start does not fail the run.
+    assert diag.verdict == "pass"
+
+
+def test_anchored_ensemble_defaults_converge_to_the_exact_posterior(unseen):
+    # Issue "Inference core": M = 128 anchored members with default settings match the exact
+    # posterior, or say they did not converge. Anchored members of a linear-Gaussian model
+    # are exact posterior draws, so what is left is Monte Carlo error: 1/sqrt(128) = 0.09 sd
+    # for a mean and 1/sqrt(2 * 127) = 6.3% for an sd. The issue's 0.1 sd is one such error,
+    # so the mean is checked at 0.3 sd (3.4 MC errors) and the sd at 25% (4). Measured with
+    # this key: mean within 0.12 sd, sd ratios 0.98-1.20, all 128 converged; 2048 members
+    # (same key) come within 0.033 sd and 2.5%, so no bias is hiding under the noise.
+    program, mean, sd = unseen
+    posterior = inference.DeepEnsemble(num_members=128, anchored=True).run(
+        program, jax.random.key(3)
+    )
+    verdict = posterior.attrs["optimization"]["convergence"]
+    assert verdict["converged"], verdict["message"]
+    beta = np.asarray(posterior.samples["beta"])[0]
+    np.testing.assert_array_less(np.abs(beta.mean(axis=0) - mean) / sd, 0.3)
+    np.testing.assert_allclose(beta.std(axis=0, ddof=1) / sd, 1.0, atol=0.25)
+    assert check(posterior.to_datatree()).verdict == "n/a"
