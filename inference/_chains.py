@@ -49,12 +49,13 @@ def map_chains(
     vmapped: for optimisers whose line searches branch (L-BFGS), ``vmap`` turns every
     ``cond`` into a ``select`` that runs both branches, about 3x the work on a CPU.
 
-    The returned callable takes ``args`` whose leaves have a leading chain axis.
+    The returned callable is compiled on first use and takes ``args`` whose leaves have a
+    leading chain axis.
     """
     shards = num_shards(num_chains) if shard else 1
     batched = (lambda args: jax.lax.map(fn, args)) if sequential else jax.vmap(fn)
     if shards == 1:
-        return jax.jit(batched) if sequential else batched
+        return jax.jit(batched)
     mesh = jax.make_mesh((shards,), ("chain",))
     sharded = jax.jit(
         jax.shard_map(

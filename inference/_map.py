@@ -93,46 +93,51 @@ def potential_family(
     return PotentialFamily(make, init, postprocess)
 
 
-def adam_map(
-    potential_fn: Callable[[PyTree], jax.Array],
-    z0: PyTree,
-    num_steps: int,
-    learning_rate: float,
-) -> tuple[PyTree, jax.Array]:
-    """Minimise ``potential_fn`` from ``z0`` with Adam and an exponential decay to 1% of the
-    initial rate; returns the final point and the loss trace."""
-    schedule = optax.exponential_decay(learning_rate, num_steps, 0.01)
-    opt = optax.adam(schedule)
+def adam_core(
+    potential_fn: Callable[[PyTree], jax.Array], num_steps: int, learning_rate: float
+) -> tuple[Callable, Callable]:
+    """Adam with an exponential decay to 1% of the initial rate over ``num_steps``, as
+    ``init(z) -> state`` and ``step(state) -> (state, loss)`` on ``state = (z, opt_state)``
+    (the loss is the potential before the step)."""
+    opt = optax.adam(optax.exponential_decay(learning_rate, num_steps, 0.01))
 
-    def step(carry, _):
-        z, state = carry
+    def init(z):
+        return z, opt.init(z)
+
+    def step(state):
+        z, opt_state = state
         loss, grad = jax.value_and_grad(potential_fn)(z)
-        updates, state = opt.update(grad, state, z)
-        return (optax.apply_updates(z, updates), state), loss
+        updates, opt_state = opt.update(grad, opt_state, z)
+        return (optax.apply_updates(z, updates), opt_state), loss
 
-    (z, _), losses = jax.lax.scan(step, (z0, opt.init(z0)), None, length=num_steps)
-    return z, losses
+    return init, step
 
 
-def lbfgs_polish(
-    potential_fn: Callable[[PyTree], jax.Array], z0: PyTree, num_steps: int
-) -> tuple[PyTree, jax.Array]:
-    """Polish a point with ``num_steps`` of Optax L-BFGS (zoom line search); returns the point
-    and the loss trace. A fixed step count (not a tolerance) keeps it one ``lax.scan``, so it
-    vmaps over ensemble members; steps after convergence leave the point unchanged."""
+def lbfgs_core(potential_fn: Callable[[PyTree], jax.Array]) -> tuple[Callable, Callable]:
+    """Optax L-BFGS (zoom line search) as ``init(z) -> state`` and ``step(state) -> (state,
+    loss)``. A failed line search can return a non-finite step: the last good point is kept,
+    so steps after convergence (or failure) leave the point unchanged."""
     opt = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(potential_fn)
 
-    def step(carry, _):
-        z, state = carry
-        loss, grad = value_and_grad(z, state=state)
-        updates, state = opt.update(grad, state, z, value=loss, grad=grad, value_fn=potential_fn)
-        z_new = optax.apply_updates(z, updates)
-        # A failed line search can return a non-finite step: keep the last good point.
-        z_new = jax.tree.map(lambda a, b: jnp.where(is_finite_tree(z_new), a, b), z_new, z)
-        return (z_new, state), loss
+    def init(z):
+        return z, opt.init(z)
 
-    (z, _), losses = jax.lax.scan(step, (z0, opt.init(z0)), None, length=num_steps)
+    def step(state):
+        z, opt_state = state
+        loss, grad = value_and_grad(z, state=opt_state)
+        updates, opt_state = opt.update(
+            grad, opt_state, z, value=loss, grad=grad, value_fn=potential_fn
+        )
+        z_new = optax.apply_updates(z, updates)
+        z_new = jax.tree.map(lambda a, b: jnp.where(is_finite_tree(z_new), a, b), z_new, z)
+        return (z_new, opt_state), loss
+
+    return init, step
+
+
+def _scan(init, step, z0, num_steps):
+    (z, _), losses = jax.lax.scan(lambda c, _: step(c), init(z0), None, length=num_steps)
     return z, losses
 
 
@@ -143,11 +148,13 @@ def fit_map(
     learning_rate: float,
     lbfgs_steps: int,
 ) -> tuple[PyTree, jax.Array, jax.Array]:
-    """Adam (:func:`adam_map`) then L-BFGS (:func:`lbfgs_polish`); returns the point, the
-    concatenated loss trace and :func:`end_point_checks` at the point."""
-    z, losses = adam_map(potential_fn, z0, adam_steps, learning_rate)
+    """Adam (:func:`adam_core`) then L-BFGS (:func:`lbfgs_core`) as one traced function
+    (for use inside ``jit``/``vmap``; :class:`ucsciml.inference._mapfit.MapFitter` runs the
+    same steps in chunks with a progress bar); returns the point, the concatenated loss trace
+    and :func:`end_point_checks` at the point."""
+    z, losses = _scan(*adam_core(potential_fn, adam_steps, learning_rate), z0, adam_steps)
     if lbfgs_steps:
-        z, polish = lbfgs_polish(potential_fn, z, lbfgs_steps)
+        z, polish = _scan(*lbfgs_core(potential_fn), z, lbfgs_steps)
         losses = jnp.concatenate([losses, polish])
     return z, losses, end_point_checks(potential_fn, z)
 

@@ -18,7 +18,8 @@ from numpyro.primitives import Messenger
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards
-from ucsciml.inference._map import check_continuous, fit_map, potential, potential_family
+from ucsciml.inference._map import check_continuous, potential, potential_family
+from ucsciml.inference._mapfit import MapFitter
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -167,7 +168,9 @@ class DeepEnsemble:
                 "replicate axis"
             )
         num = int(np.shape(leaves[0])[0])
-        z, losses, grads, shards = self._fit_batches(program, chain_keys(key, num), targets)
+        z, losses, grads, shards = self._fit_batches(
+            program, chain_keys(key, num), targets, desc="replicate refits"
+        )
         family = self._fitter(program, min(self.num_members, num))[2]
         constrained = jax.jit(jax.vmap(family.postprocess()))(z)
         optimization = {
@@ -197,22 +200,23 @@ class DeepEnsemble:
             noise_key=jax.random.key(0),
         )
 
-        def member(member_key):
-            init_key, anchor_key, noise_key = jax.random.split(member_key, 3)
-            potential_fn = family.make(
-                anchors=_prior_draw(program, anchor_key), noise_key=noise_key
-            )
-            return fit_map(
-                potential_fn,
-                pot.init(init_key),
-                self.num_steps,
-                self.learning_rate,
-                self.lbfgs_steps,
-            )
+        def member_potential(member_key):
+            _, anchor_key, noise_key = jax.random.split(member_key, 3)
+            return family.make(anchors=_prior_draw(program, anchor_key), noise_key=noise_key)
 
         shards = num_shards(self.num_members) if self.shard else 1
-        fit = map_chains(member, self.num_members) if shards > 1 else jax.jit(jax.vmap(member))
-        z, losses, grads = fit(keys)
+        fitter = MapFitter(
+            member_potential,
+            self.num_members,
+            self.num_steps,
+            self.learning_rate,
+            self.lbfgs_steps,
+            shard=self.shard,
+        )
+        starts = map_chains(
+            lambda k: pot.init(jax.random.split(k, 3)[0]), self.num_members, shard=self.shard
+        )
+        z, losses, grads = fitter(starts(keys), keys, desc="anchored ensemble members")
         return z, losses, grads, shards, pot.postprocess_fn
 
     def _fitter(self, program: Program, batch: int):
@@ -220,7 +224,7 @@ class DeepEnsemble:
             program, self.num_steps, self.learning_rate, self.lbfgs_steps, batch, self.shard
         )
 
-    def _fit_batches(self, program: Program, keys, targets):
+    def _fit_batches(self, program: Program, keys, targets, desc: str = "ensemble members"):
         """Plain MAP fits, one per key and target set, ``num_members`` at a time through one
         cached executable (:func:`_map_fitter`): an ensemble's members and every batch of
         replicate refits of the same program compile once."""
@@ -236,7 +240,8 @@ class DeepEnsemble:
         zs, losses, grads = [], [], []
         for start in range(0, num, batch):
             part = _rows(targets, start, start + batch)
-            z, loss, grad = fit((keys[start : start + batch], part, inputs))
+            label = desc if num == batch else f"{desc} {start // batch + 1}/{num // batch}"
+            z, loss, grad = fit((keys[start : start + batch], part, inputs), label)
             zs.append(z)
             losses.append(loss)
             grads.append(grad)
@@ -246,27 +251,33 @@ class DeepEnsemble:
 
 @functools.lru_cache(maxsize=8)
 def _map_fitter(program, num_steps, learning_rate, lbfgs_steps, batch, shard):
-    """``fit((keys, targets, inputs)) -> (z, losses, grads)``: ``batch`` plain MAP fits of
-    ``program``'s potential with the data as traced arguments (leading batch axis on all
+    """``fit((keys, targets, inputs)) -> (z, losses, end_checks)``: ``batch`` plain MAP fits
+    of ``program``'s potential with the data as traced arguments (leading batch axis on all
     three), one after another on each device (``lax.map``: vmapping L-BFGS's line search
-    costs ~3x) and split over devices (``shard_map``). Cached per program and settings, so
-    later calls, new data of the same shapes included, reuse the compiled executable; with
+    costs ~3x) and split over devices (``shard_map``), in chunks with a progress bar
+    (:class:`~ucsciml.inference._mapfit.MapFitter`). Cached per program and settings, so
+    later calls, new data of the same shapes included, reuse the compiled executables; with
     JAX's persistent compilation cache (on in the CLI) so do later processes."""
     family = potential_family(program, jax.random.key(0), program.fn)
+    fitter = MapFitter(
+        lambda data: family.make(inputs=data[1], targets=data[0]),
+        batch,
+        num_steps,
+        learning_rate,
+        lbfgs_steps,
+        shard=shard,
+        sequential=True,
+    )
+    starts = map_chains(
+        lambda k: family.init(jax.random.split(k, 3)[0]), batch, shard=shard, sequential=True
+    )
 
-    def one(args):
-        member_key, observed, inputs = args
-        init_key = jax.random.split(member_key, 3)[0]
-        return fit_map(
-            family.make(inputs=inputs, targets=observed),
-            family.init(init_key),
-            num_steps,
-            learning_rate,
-            lbfgs_steps,
-        )
+    def fit(args, desc="ensemble members"):
+        keys, targets, inputs = args
+        return fitter(starts(keys), (targets, inputs), desc=desc)
 
     shards = num_shards(batch) if shard else 1
-    return map_chains(one, batch, shard=shard, sequential=True), shards, family
+    return fit, shards, family
 
 
 def _rows(tree, start: int, stop: int):

@@ -17,7 +17,8 @@ from jax.flatten_util import ravel_pytree
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys
-from ucsciml.inference._map import check_continuous, fit_map, potential
+from ucsciml.inference._map import check_continuous, potential
+from ucsciml.inference._mapfit import MapFitter
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -154,33 +155,36 @@ class Laplace:
         def flat_potential(flat):
             return pot.potential_fn(unravel(flat))
 
-        def find_mode(flat):
-            return fit_map(
-                flat_potential, flat, self.map_steps, self.learning_rate, self.lbfgs_steps
-            )
-
-        def fit(flat):
-            mode, losses, grad = find_mode(flat)
-            return mode, losses, grad, _precision(flat_potential, mode, mode_of)
-
-        def fit_modes(keys):
-            starts = jax.vmap(lambda k: ravel_pytree(pot.init(k))[0])(keys)
-            modes, losses, grads = jax.vmap(find_mode)(starts)
-            precisions = jax.lax.map(lambda m: _precision(flat_potential, m, mode_of), modes)
-            return modes, losses, grads, precisions
-
         draw = functools.partial(
             _gaussian_draws, num_samples=self.num_samples, floor=self.min_eigenvalue
         )
+        fitter = MapFitter(
+            lambda _: flat_potential,
+            num_modes,
+            self.map_steps,
+            self.learning_rate,
+            self.lbfgs_steps,
+            shard=False,
+        )
         if num_modes == 1:
-            # The single-mode path is kept as it was, so its draws are unchanged bit for bit.
-            mode, losses, grads, precision = jax.jit(fit)(flat0)
-            modes, losses, grads = mode[None], losses[None], grads[None]
+            starts = flat0[None]
+        else:
+            starts = jax.jit(jax.vmap(lambda k: ravel_pytree(pot.init(k))[0]))(
+                chain_keys(init_key, num_modes)
+            )
+        modes, losses, grads = fitter(
+            starts, desc="Laplace mode search" if num_modes == 1 else "Laplace modes"
+        )
+        log.info("Laplace: %s Hessian of %d dimensions at %d mode(s)", mode_of, dim, num_modes)
+        precisions = jax.jit(
+            lambda ms: jax.lax.map(lambda m: _precision(flat_potential, m, mode_of), ms)
+        )(modes)
+        if num_modes == 1:
+            # One mode draws with the run's draw key itself, as before modes existed.
             draws, eigenvalues, variance = jax.tree.map(
-                lambda x: x[None], draw(draw_key, mode, precision)
+                lambda x: x[None], jax.jit(draw)(draw_key, modes[0], precisions[0])
             )
         else:
-            modes, losses, grads, precisions = jax.jit(fit_modes)(chain_keys(init_key, num_modes))
             draws, eigenvalues, variance = jax.jit(jax.vmap(draw))(
                 chain_keys(draw_key, num_modes), modes, precisions
             )

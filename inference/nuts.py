@@ -19,7 +19,8 @@ from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards
 from ucsciml.inference._driver import sample_scan
-from ucsciml.inference._map import fit_map, potential
+from ucsciml.inference._map import potential
+from ucsciml.inference._mapfit import MapFitter
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -168,14 +169,17 @@ class NUTS:
         starts = jax.vmap(lambda k: pot.init(jax.random.fold_in(k, 1)))(keys)
         if self.init == "prior":
             return starts, None, None
-        fit = map_chains(
-            lambda z: fit_map(
-                pot.potential_fn, z, self.map_steps, self.map_learning_rate, self.map_lbfgs_steps
-            ),
+        fitter = MapFitter(
+            lambda _: pot.potential_fn,
             self.num_chains,
-            self.shard,
+            self.map_steps,
+            self.map_learning_rate,
+            self.map_lbfgs_steps,
+            shard=self.shard,
         )
-        z, losses, grads = fit(starts)
+        z, losses, grads = fitter(
+            starts, desc="NUTS MAP initialisation", progress=self.progress_bar
+        )
         final = np.asarray(losses[:, -1])
         verdict = judge(
             np.asarray(losses),

@@ -24,7 +24,8 @@ from ucsciml import checkpoint
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._driver import scan_in_chunks
-from ucsciml.inference._map import check_continuous, fit_map, potential, with_deterministics
+from ucsciml.inference._map import check_continuous, potential, with_deterministics
+from ucsciml.inference._mapfit import MapFitter
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import config_hash, provenance
@@ -245,13 +246,18 @@ class VI:
         if self.init == "prior":
             return init_to_sample, None
         pot = potential(program, key)
-        z, losses, grad = fit_map(
-            pot.potential_fn,
-            pot.init(key),
+        fitter = MapFitter(
+            lambda _: pot.potential_fn,
+            1,
             self.map_steps,
             self.map_learning_rate,
             self.map_lbfgs_steps,
+            shard=False,
         )
+        z, losses, grad = fitter(
+            jax.tree.map(lambda x: x[None], pot.init(key)), desc="VI MAP initialisation"
+        )
+        z, losses, grad = jax.tree.map(lambda x: x[0], (z, losses, grad))
         if not np.isfinite(float(losses[-1])):
             raise FloatingPointError(
                 "VI MAP initialisation diverged; lower map_learning_rate or use init='prior'"

@@ -1,0 +1,143 @@
+"""Batched MAP fits run in chunks: compiled once, every fit busy, a progress bar throughout.
+
+:class:`MapFitter` runs the same Adam and L-BFGS steps as :func:`~ucsciml.inference._map.
+fit_map` (one definition of each step, in ``_map``), for a batch of fits laid out like chains
+(:func:`~ucsciml.inference._chains.map_chains`: vmapped, one after another per device, or
+split over devices). Each phase runs as jitted chunks of a fixed length, so a phase compiles
+once whatever its step count, and a progress bar advances between chunks: a long MAP phase
+no longer prints nothing until it ends. Steps past the phase's end inside the last chunk are
+skipped by a ``cond`` (free under ``lax.map``; under ``vmap`` they cost at most one chunk,
+1/``chunks`` of the phase). Chunking does not change the fits: every step is the same
+compiled body whatever chunk it falls in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ucsciml._types import PyTree
+from ucsciml.inference._chains import map_chains
+from ucsciml.inference._map import adam_core, end_point_checks, lbfgs_core
+
+#: Chunks per phase: the progress bar's resolution.
+CHUNKS = 20
+
+
+class MapFitter:
+    """``num_fits`` MAP fits of ``make_potential(args)`` from given starts, in chunks.
+
+    Args:
+        make_potential: ``args -> potential_fn`` for one fit (``args`` is that fit's slice
+            of the per-fit arguments: data, keys, or ``None``).
+        num_fits: the batch size (the leading axis of starts and arguments).
+        adam_steps, learning_rate, lbfgs_steps: the optimiser settings.
+        shard, sequential: the layout (:func:`~ucsciml.inference._chains.map_chains`).
+        chunks: chunks per phase.
+
+    Call ``fitter(z0, args, desc=..., progress=...)`` with starts and arguments that have a
+    leading fit axis; it returns ``(z, losses (fits, steps), end_checks (fits, 2))``.
+    Instances hold their compiled chunks: keep one per program and settings to reuse them.
+    """
+
+    def __init__(
+        self,
+        make_potential: Callable[[Any], Callable[[PyTree], jax.Array]],
+        num_fits: int,
+        adam_steps: int,
+        learning_rate: float,
+        lbfgs_steps: int,
+        *,
+        shard: bool = True,
+        sequential: bool = False,
+        chunks: int = CHUNKS,
+    ):
+        self.num_fits = num_fits
+        self.phases = []
+        if adam_steps:
+            cores = lambda args: adam_core(make_potential(args), adam_steps, learning_rate)  # noqa: E731
+            self.phases.append(("Adam", adam_steps, cores))
+        if lbfgs_steps:
+            self.phases.append(
+                ("L-BFGS", lbfgs_steps, lambda args: lbfgs_core(make_potential(args)))
+            )
+        self.total = adam_steps + lbfgs_steps
+        self._compiled = []
+        for _, steps, cores in self.phases:
+            length = -(-steps // chunks)
+            self._compiled.append(
+                (
+                    length,
+                    (map_chains(_starter(cores), num_fits, shard, sequential)),
+                    (map_chains(_chunk(cores, length, steps), num_fits, shard, sequential)),
+                )
+            )
+        self._checks = map_chains(
+            lambda a: end_point_checks(make_potential(a[1]), a[0]), num_fits, shard, sequential
+        )
+
+    def __call__(
+        self, z0: PyTree, args: Any = None, *, desc: str = "MAP fits", progress: bool = True
+    ):
+        z = z0
+        traces = []
+        with tqdm(
+            total=self.total * self.num_fits,
+            desc=f"{desc} ({self.num_fits} fit{'s' if self.num_fits > 1 else ''})",
+            unit="step",
+            disable=not progress or None,
+            leave=False,
+            dynamic_ncols=True,
+        ) as bar:
+            for (name, steps, _), (length, start, chunk) in zip(
+                self.phases, self._compiled, strict=True
+            ):
+                state = start((z, args))
+                losses = []
+                for first in range(0, steps, length):
+                    state, loss = chunk((state, jnp.full((self.num_fits,), first), args))
+                    losses.append(loss)
+                    done = min(length, steps - first)
+                    last = np.asarray(loss[:, done - 1])
+                    bar.set_postfix_str(f"{name}, best loss {np.nanmin(last):.5g}", refresh=False)
+                    bar.update(done * self.num_fits)
+                z = state[0]
+                traces.append(jnp.concatenate(losses, axis=1)[:, :steps])
+        losses = jnp.concatenate(traces, axis=1) if traces else jnp.zeros((self.num_fits, 0))
+        return z, losses, self._checks((z, args))
+
+
+def _starter(cores):
+    def start(a):
+        z, args = a
+        return cores(args)[0](z)
+
+    return start
+
+
+def _chunk(cores, length: int, steps: int):
+    """One fit's chunk: ``length`` steps from step ``first``; steps at or past ``steps`` are
+    skipped (their loss NaN, trimmed by the caller)."""
+
+    def run(a):
+        state, first, args = a
+        _, step = cores(args)
+
+        def body(carry, index):
+            def go(c):
+                return step(c)
+
+            def skip(c):
+                return c, jnp.asarray(jnp.nan, dtype=jnp.result_type(float))
+
+            new, loss = jax.lax.cond(first + index < steps, go, skip, carry)
+            return new, loss.astype(jnp.result_type(float))
+
+        return jax.lax.scan(body, state, jnp.arange(length))
+
+    return run
