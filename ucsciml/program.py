@@ -8,6 +8,7 @@ frozen shell: nothing in it changes after construction.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -165,7 +166,12 @@ class Program:
         return handlers.trace(handlers.seed(self.fn, key)).get_trace(args, targets=obs)
 
     def latent_sites(self) -> tuple[str, ...]:
-        """Names of the unobserved sample sites."""
+        """Names of the unobserved sample sites (the model runs once per program for this,
+        then the table is kept)."""
+        return self._latent_sites
+
+    @functools.cached_property
+    def _latent_sites(self) -> tuple[str, ...]:
         trace = self.trace(jax.random.key(0))
         return tuple(k for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"])
 
