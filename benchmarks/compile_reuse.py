@@ -42,8 +42,11 @@ def timed(fn) -> float:
 
 def main() -> None:
     backends = {
-        "NUTS (200 + 200, 2 chains)": inference.NUTS(
+        "NUTS numpyro (200+200, 2)": inference.NUTS(
             num_warmup=200, num_samples=200, num_chains=2, progress_bar=False
+        ),
+        "NUTS blackjax (200+200, 2)": inference.NUTS(
+            engine="blackjax", num_warmup=200, num_samples=200, num_chains=2
         ),
         "DeepEnsemble (8 members)": inference.DeepEnsemble(num_members=8, num_steps=500),
     }

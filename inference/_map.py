@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from numpyro import handlers
 from numpyro.infer.initialization import init_to_sample
@@ -62,8 +63,8 @@ def potential_family(
         ``make(**kwargs) -> potential_fn`` and ``postprocess(**kwargs) -> postprocess_fn``
         (``kwargs`` may be traced, inside ``vmap``/``scan``; ``inputs`` and ``targets``
         keywords replace the program's, so data can be traced arguments of one compiled
-        program, e.g. replicate datasets), and ``init(key)``: an
-        unconstrained prior draw of the latent sites.
+        program, e.g. replicate datasets), and ``init(key, inputs=None, targets=...)``: an
+        unconstrained prior draw of the latent sites (at the given data, else the program's).
     """
     args = (program.inputs,)
     kwargs = {"targets": program.targets, **example_kwargs}
@@ -76,9 +77,14 @@ def potential_family(
         init_strategy=init_to_sample,
     )
 
-    def init(k):
+    def init(k, inputs=None, **extra):
+        call_kwargs = {**kwargs, **extra}
         info, *_ = initialize_model(
-            k, fn, model_args=args, model_kwargs=kwargs, init_strategy=init_to_sample
+            k,
+            fn,
+            model_args=args if inputs is None else (inputs,),
+            model_kwargs=call_kwargs,
+            init_strategy=init_to_sample,
         )
         return info.z
 
@@ -86,11 +92,31 @@ def potential_family(
         extra.setdefault("targets", program.targets)
         return potential_gen(program.inputs if inputs is None else inputs, **extra)
 
-    def postprocess(**extra):
+    def postprocess(inputs=None, **extra):
         extra.setdefault("targets", program.targets)
-        return postprocess_gen(*args, **extra)
+        return postprocess_gen(program.inputs if inputs is None else inputs, **extra)
 
     return PotentialFamily(make, init, postprocess)
+
+
+class ProgramSignature:
+    """A program as a cache key: its model function and the shapes and dtypes of its data,
+    so a new program of the same model on new data of the same shapes reuses the compiled
+    sampler (the data are traced arguments). ``program`` is the first program seen."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        leaves, tree = jax.tree.flatten((program.inputs, program.targets))
+        shapes = tuple(
+            (np.shape(x), str(getattr(x, "dtype", None) or np.asarray(x).dtype)) for x in leaves
+        )
+        self.key = (program.fn, tree, shapes)
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def __eq__(self, other):
+        return isinstance(other, ProgramSignature) and self.key == other.key
 
 
 def adam_core(

@@ -81,6 +81,10 @@ class MapFitter:
             lambda a: end_point_checks(make_potential(a[1]), a[0]), num_fits, shard, sequential
         )
 
+    def executables(self) -> list:
+        """The compiled functions this fitter holds (for compile-budget checks)."""
+        return [f for _, start, chunk in self._compiled for f in (start, chunk)] + [self._checks]
+
     def __call__(
         self, z0: PyTree, args: Any = None, *, desc: str = "MAP fits", progress: bool = True
     ):

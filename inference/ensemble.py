@@ -18,7 +18,12 @@ from numpyro.primitives import Messenger
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards
-from ucsciml.inference._map import check_continuous, potential, potential_family
+from ucsciml.inference._map import (
+    ProgramSignature,
+    check_continuous,
+    potential,
+    potential_family,
+)
 from ucsciml.inference._mapfit import MapFitter
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
@@ -113,7 +118,8 @@ class DeepEnsemble:
             z, losses, grads, shards = self._fit_batches(
                 program, keys, _tile(program.targets, len(keys))
             )
-            postprocess = self._fitter(program, self.num_members)[2].postprocess()
+            family = self._fitter(program, self.num_members)[2]
+            postprocess = family.postprocess(inputs=program.inputs, targets=program.targets)
         constrained = jax.jit(jax.vmap(postprocess))(z)
         final = np.asarray(losses[:, -1], dtype=float)
         if not np.isfinite(final).all():
@@ -172,7 +178,8 @@ class DeepEnsemble:
             program, chain_keys(key, num), targets, desc="replicate refits"
         )
         family = self._fitter(program, min(self.num_members, num))[2]
-        constrained = jax.jit(jax.vmap(family.postprocess()))(z)
+        postprocess = family.postprocess(inputs=program.inputs, targets=program.targets)
+        constrained = jax.jit(jax.vmap(postprocess))(z)
         optimization = {
             "objective": "negative log joint (replicate data)",
             "final_loss_per_member": np.asarray(losses[:, -1], dtype=float).tolist(),
@@ -221,7 +228,12 @@ class DeepEnsemble:
 
     def _fitter(self, program: Program, batch: int):
         return _map_fitter(
-            program, self.num_steps, self.learning_rate, self.lbfgs_steps, batch, self.shard
+            ProgramSignature(program),
+            self.num_steps,
+            self.learning_rate,
+            self.lbfgs_steps,
+            batch,
+            self.shard,
         )
 
     def _fit_batches(self, program: Program, keys, targets, desc: str = "ensemble members"):
@@ -250,14 +262,17 @@ class DeepEnsemble:
 
 
 @functools.lru_cache(maxsize=8)
-def _map_fitter(program, num_steps, learning_rate, lbfgs_steps, batch, shard):
+def _map_fitter(signature, num_steps, learning_rate, lbfgs_steps, batch, shard):
     """``fit((keys, targets, inputs)) -> (z, losses, end_checks)``: ``batch`` plain MAP fits
     of ``program``'s potential with the data as traced arguments (leading batch axis on all
     three), one after another on each device (``lax.map``: vmapping L-BFGS's line search
     costs ~3x) and split over devices (``shard_map``), in chunks with a progress bar
-    (:class:`~ucsciml.inference._mapfit.MapFitter`). Cached per program and settings, so
-    later calls, new data of the same shapes included, reuse the compiled executables; with
-    JAX's persistent compilation cache (on in the CLI) so do later processes."""
+    (:class:`~ucsciml.inference._mapfit.MapFitter`). Cached per model, data shapes and
+    settings (:class:`~ucsciml.inference._map.ProgramSignature`), so later calls, new
+    programs of the same model on new data of the same shapes included, reuse the compiled
+    executables; with JAX's persistent compilation cache (on in the CLI) so do later
+    processes."""
+    program = signature.program
     family = potential_family(program, jax.random.key(0), program.fn)
     fitter = MapFitter(
         lambda data: family.make(inputs=data[1], targets=data[0]),
@@ -269,13 +284,17 @@ def _map_fitter(program, num_steps, learning_rate, lbfgs_steps, batch, shard):
         sequential=True,
     )
     starts = map_chains(
-        lambda k: family.init(jax.random.split(k, 3)[0]), batch, shard=shard, sequential=True
+        lambda a: family.init(jax.random.split(a[0], 3)[0], inputs=a[2], targets=a[1]),
+        batch,
+        shard=shard,
+        sequential=True,
     )
 
     def fit(args, desc="ensemble members"):
         keys, targets, inputs = args
-        return fitter(starts(keys), (targets, inputs), desc=desc)
+        return fitter(starts(args), (targets, inputs), desc=desc)
 
+    fit.fitter = fitter
     shards = num_shards(batch) if shard else 1
     return fit, shards, family
 

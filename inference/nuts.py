@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Literal
 
 import blackjax
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.infer import MCMC
@@ -19,7 +21,7 @@ from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards
 from ucsciml.inference._driver import sample_scan
-from ucsciml.inference._map import potential
+from ucsciml.inference._map import ProgramSignature, potential, potential_family
 from ucsciml.inference._mapfit import MapFitter
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
@@ -126,9 +128,12 @@ class NUTS:
         run_key, predictive_key = jax.random.split(key)
         keys = chain_keys(run_key, self.num_chains)
         optimization = None
-        if self.engine == "numpyro" and self.init == "prior":
-            # NumPyro draws the prior start itself (init_to_sample): no extra compile here.
-            samples, stats = self._run_numpyro(program, keys, None)
+        if self.init == "prior" and not fixed_sites:
+            # Each engine draws the prior start itself: no extra compile here.
+            if self.engine == "numpyro":
+                samples, stats = self._run_numpyro(program, keys, None)
+            else:
+                samples, stats = self._run_blackjax(program, keys, None)
         else:
             pot = potential(program, jax.random.key(0))
             init_params, losses, verdict = self._initial_positions(pot, keys)
@@ -142,7 +147,7 @@ class NUTS:
             if self.engine == "numpyro":
                 samples, stats = self._run_numpyro(sampled, keys, init_params)
             else:
-                samples, stats = self._run_blackjax(pot, keys, init_params)
+                samples, stats = self._run_blackjax(sampled, keys, init_params)
             # Held sites enter the draws as constants, so predictions use the full model.
             draws = next(iter(samples.values())).shape[:2]
             for name, value in fixed.items():
@@ -248,28 +253,26 @@ class NUTS:
         }
         return samples, stats
 
-    def _run_blackjax(self, pot, keys, init_params):
-        def logdensity_fn(z):
-            return -pot.potential_fn(z)
-
-        def one_chain(args):
-            key, position = args
-            warm_key, sample_key = jax.random.split(key)
-            warmup = blackjax.window_adaptation(
-                blackjax.nuts,
-                logdensity_fn,
-                is_mass_matrix_diagonal=not self.dense_mass,
-                target_acceptance_rate=self.target_accept_prob,
-                max_num_doublings=self.max_tree_depth,
+    def _run_blackjax(self, program, keys, init_params):
+        sampler = _blackjax_sampler(
+            ProgramSignature(program),
+            self.num_warmup,
+            self.num_samples,
+            self.num_chains,
+            self.target_accept_prob,
+            self.max_tree_depth,
+            self.dense_mass,
+            self.shard,
+            init_params is None,
+        )
+        starts = keys if init_params is None else init_params
+        samples, infos, lp, step_size = sampler(
+            (
+                keys,
+                starts,
+                _tile(program.inputs, self.num_chains),
+                _tile(program.targets, self.num_chains),
             )
-            (state, parameters), _ = warmup.run(warm_key, position, num_steps=self.num_warmup)
-            kernel = blackjax.nuts(logdensity_fn, **parameters)
-            _, (states, infos) = sample_scan(kernel.step, state, sample_key, self.num_samples)
-            constrained = jax.vmap(pot.postprocess_fn)(states.position)
-            return constrained, infos, states.logdensity, parameters["step_size"]
-
-        samples, infos, lp, step_size = map_chains(one_chain, self.num_chains, self.shard)(
-            (keys, init_params)
         )
         depth = np.asarray(infos.num_trajectory_expansions)
         stats = {
@@ -283,6 +286,51 @@ class NUTS:
             "acceptance_rate": np.asarray(infos.acceptance_rate),
         }
         return {k: np.asarray(v) for k, v in samples.items()}, stats
+
+
+@functools.lru_cache(maxsize=8)
+def _blackjax_sampler(
+    signature, num_warmup, num_samples, num_chains, target, max_depth, dense, shard, from_prior
+):
+    """``sample((keys, starts, inputs, targets))``: BlackJAX window adaptation then NUTS per
+    chain, one ``lax.scan`` each, chains vmapped or sharded; data and starts are traced
+    arguments (leading chain axis on all four), so the executable is compiled once per model,
+    data shapes and settings. With ``from_prior`` the starts are the chain keys and each
+    chain draws its own prior start."""
+    family = potential_family(signature.program, jax.random.key(0), signature.program.fn)
+
+    def one_chain(args):
+        key, start, inputs, targets = args
+        potential_fn = family.make(inputs=inputs, targets=targets)
+
+        def logdensity_fn(z):
+            return -potential_fn(z)
+
+        position = (
+            family.init(jax.random.fold_in(start, 1), inputs=inputs, targets=targets)
+            if from_prior
+            else start
+        )
+        warm_key, sample_key = jax.random.split(key)
+        warmup = blackjax.window_adaptation(
+            blackjax.nuts,
+            logdensity_fn,
+            is_mass_matrix_diagonal=not dense,
+            target_acceptance_rate=target,
+            max_num_doublings=max_depth,
+        )
+        (state, parameters), _ = warmup.run(warm_key, position, num_steps=num_warmup)
+        kernel = blackjax.nuts(logdensity_fn, **parameters)
+        _, (states, infos) = sample_scan(kernel.step, state, sample_key, num_samples)
+        constrained = jax.vmap(family.postprocess(inputs=inputs, targets=targets))(states.position)
+        return constrained, infos, states.logdensity, parameters["step_size"]
+
+    return map_chains(one_chain, num_chains, shard)
+
+
+def _tile(tree, num: int):
+    """``num`` copies of every leaf of ``tree`` along a new leading axis."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (num, *jnp.shape(x))), tree)
 
 
 def _fixed_sites(program: Program, sample_sites: tuple[str, ...]) -> list[str]:
