@@ -5,11 +5,18 @@ The first call pays tracing and XLA compilation; later calls with the same progr
 settings, or a new program of the same model and shapes, should reuse the compiled code.
 Target (issue "Inference core"): second / first <= 0.2. Prints one line per backend.
 
-Run: ``.venv/bin/python benchmarks/compile_reuse.py``
+Then simulation-based calibration (``ucsciml.sbc``, 100 replications) with the BlackJAX
+engine, whose replications reuse one compiled sampler, against the NumPyro engine, which
+re-traces per replication (its per-replication cost measured on 10 replications, or on all
+100 with ``--full``); printed as seconds per replication and their ratio (target >= 10),
+with SBC's verdict.
+
+Run: ``.venv/bin/python benchmarks/compile_reuse.py [--full]``
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import jax
@@ -19,6 +26,7 @@ import numpyro.distributions as dist
 
 import ucsciml as uq
 from ucsciml import inference
+from ucsciml.sbc import sbc
 
 
 def model(X, targets=None):
@@ -60,6 +68,23 @@ def main() -> None:
             f"{name:<28}{first:>11.2f}{same:>10.2f}{new:>14.2f}"
             f"{same / first:>8.2f}{new / first:>8.2f}"
         )
+    settings = dict(num_warmup=200, num_samples=200, num_chains=2, progress_bar=False)
+    reps = {"blackjax": 100, "numpyro": 100 if "--full" in sys.argv else 10}
+    per_rep, results = {}, {}
+    for engine, count in reps.items():
+        backend = inference.NUTS(engine=engine, **settings)
+        start = time.perf_counter()
+        # The SBC test needs >= 10 bins' worth of replications; fewer only time the loop.
+        results[engine] = sbc(
+            first_program, backend, jax.random.key(5), num_replications=count, num_bins=10
+        )
+        per_rep[engine] = (time.perf_counter() - start) / count
+    print(
+        f"\nSBC, NUTS 200+200 x 2 chains: blackjax {per_rep['blackjax']:.3f} s/replication "
+        f"(100 replications, passed={results['blackjax'].passed()}, min p "
+        f"{results['blackjax'].min_pvalue:.3f}); numpyro {per_rep['numpyro']:.3f} s/replication "
+        f"({reps['numpyro']} replications); speed-up x{per_rep['numpyro'] / per_rep['blackjax']:.1f}"
+    )
 
 
 if __name__ == "__main__":
