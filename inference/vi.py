@@ -19,6 +19,7 @@ from numpyro.infer import SVI, Trace_ELBO, autoguide
 from numpyro.infer.initialization import init_to_sample, init_to_value
 from numpyro.optim import optax_to_numpyro
 from numpyro.primitives import Messenger
+from tqdm.auto import tqdm
 
 from ucsciml import checkpoint
 from ucsciml._types import PRNGKey
@@ -190,18 +191,32 @@ class VI:
                 state, start = restored
                 log.info("VI resumes from checkpoint %s at step %d", path, start)
 
+        bar = tqdm(
+            total=self.num_steps,
+            initial=start,
+            desc="VI",
+            unit="step",
+            disable=None,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
         def save(carry, at, _info):
             if path is not None:
                 checkpoint.save(path, carry, at, fingerprint)
+            done = np.asarray(carry[1][:at])
+            bar.set_postfix_str(f"loss {float(done[-1]):.5g}", refresh=False)
+            bar.update(at - bar.n)
 
-        (svi_state, losses), _ = scan_in_chunks(
-            step,
-            state,
-            self.num_steps,
-            start=start,
-            chunk_size=self.checkpoint_every,
-            on_chunk=save,
-        )
+        with bar:
+            (svi_state, losses), _ = scan_in_chunks(
+                step,
+                state,
+                self.num_steps,
+                start=start,
+                chunk_size=self.checkpoint_every,
+                on_chunk=save,
+            )
         params = svi.get_params(svi_state)
         latent = guide.sample_posterior(draw_key, params, *args, sample_shape=(self.num_samples,))
         sites = set(program.latent_sites())
