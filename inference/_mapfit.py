@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ucsciml._types import PyTree
+from ucsciml.convergence import judge
 from ucsciml.inference._chains import map_chains
 from ucsciml.inference._map import adam_core, end_point_checks, lbfgs_core
 
@@ -114,6 +115,42 @@ class MapFitter:
                 traces.append(jnp.concatenate(losses, axis=1)[:, :steps])
         losses = jnp.concatenate(traces, axis=1) if traces else jnp.zeros((self.num_fits, 0))
         return z, losses, self._checks((z, args))
+
+
+def map_starts(
+    potential_fn: Callable[[PyTree], jax.Array],
+    starts: PyTree,
+    adam_steps: int,
+    learning_rate: float,
+    lbfgs_steps: int,
+    *,
+    phase: str,
+    hint: str,
+    shard: bool = True,
+    progress: bool = True,
+) -> tuple[PyTree, np.ndarray, dict]:
+    """MAP fits that are starting points of a later algorithm (NUTS chains, a VI guide):
+    one fit per start (leading axis), with a verdict that is mentioned, not decisive.
+
+    Returns:
+        The fitted points, the losses ``(fits, steps)`` and the convergence verdict.
+
+    Raises:
+        FloatingPointError: when a fit ends at a non-finite loss.
+    """
+    num = int(jax.tree.leaves(starts)[0].shape[0])
+    fitter = MapFitter(
+        lambda _: potential_fn, num, adam_steps, learning_rate, lbfgs_steps, shard=shard
+    )
+    z, losses, checks = fitter(starts, desc=phase, progress=progress)
+    losses = np.asarray(losses)
+    if not np.isfinite(losses[:, -1]).all():
+        raise FloatingPointError(
+            f"{phase} diverged (non-finite potential); lower its learning rate or start "
+            "from the prior (init='prior')"
+        )
+    verdict = judge(losses, np.asarray(checks), phase=phase, hint=hint, decisive=False)
+    return z, losses, verdict
 
 
 def _starter(cores):

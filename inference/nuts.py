@@ -18,11 +18,10 @@ from numpyro.infer import NUTS as NumPyroNUTS
 from numpyro.infer.initialization import init_to_sample
 
 from ucsciml._types import PRNGKey
-from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards
 from ucsciml.inference._driver import sample_scan
 from ucsciml.inference._map import ProgramSignature, potential, potential_family
-from ucsciml.inference._mapfit import MapFitter
+from ucsciml.inference._mapfit import map_starts
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -174,31 +173,19 @@ class NUTS:
         starts = jax.vmap(lambda k: pot.init(jax.random.fold_in(k, 1)))(keys)
         if self.init == "prior":
             return starts, None, None
-        fitter = MapFitter(
-            lambda _: pot.potential_fn,
-            self.num_chains,
+        z, losses, verdict = map_starts(
+            pot.potential_fn,
+            starts,
             self.map_steps,
             self.map_learning_rate,
             self.map_lbfgs_steps,
-            shard=self.shard,
-        )
-        z, losses, grads = fitter(
-            starts, desc="NUTS MAP initialisation", progress=self.progress_bar
-        )
-        final = np.asarray(losses[:, -1])
-        verdict = judge(
-            np.asarray(losses),
-            np.asarray(grads),
             phase="NUTS MAP initialisation",
             hint="raise map_steps or map_lbfgs_steps (warmup still adapts from these starts)",
-            decisive=False,
+            shard=self.shard,
+            progress=self.progress_bar,
         )
+        final = losses[:, -1]
         log.info("MAP initialisation: final potential per chain %s", np.round(final, 2).tolist())
-        if not np.isfinite(final).all():
-            raise FloatingPointError(
-                "MAP initialisation diverged (non-finite potential); lower "
-                "map_learning_rate or use init='prior'"
-            )
         return z, final, verdict
 
     def _run_numpyro(self, program, keys, init_params):

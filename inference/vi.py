@@ -26,7 +26,7 @@ from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._driver import scan_in_chunks
 from ucsciml.inference._map import check_continuous, potential, with_deterministics
-from ucsciml.inference._mapfit import MapFitter
+from ucsciml.inference._mapfit import map_starts
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import config_hash, provenance
@@ -261,29 +261,17 @@ class VI:
         if self.init == "prior":
             return init_to_sample, None
         pot = potential(program, key)
-        fitter = MapFitter(
-            lambda _: pot.potential_fn,
-            1,
+        z, _, verdict = map_starts(
+            pot.potential_fn,
+            jax.tree.map(lambda x: x[None], pot.init(key)),
             self.map_steps,
             self.map_learning_rate,
             self.map_lbfgs_steps,
-            shard=False,
-        )
-        z, losses, grad = fitter(
-            jax.tree.map(lambda x: x[None], pot.init(key)), desc="VI MAP initialisation"
-        )
-        z, losses, grad = jax.tree.map(lambda x: x[0], (z, losses, grad))
-        if not np.isfinite(float(losses[-1])):
-            raise FloatingPointError(
-                "VI MAP initialisation diverged; lower map_learning_rate or use init='prior'"
-            )
-        verdict = judge(
-            np.asarray(losses),
-            np.asarray(grad),
             phase="VI MAP initialisation",
             hint="raise map_steps or map_lbfgs_steps (the guide still fits from this start)",
-            decisive=False,
+            shard=False,
         )
+        z = jax.tree.map(lambda x: x[0], z)
         latent = set(program.latent_sites())
         values = {k: v for k, v in pot.postprocess_fn(z).items() if k in latent}
         return init_to_value(values=values), verdict
