@@ -304,3 +304,22 @@ def test_held_out_scores_use_the_scored_field_when_several_are_observed():
     np.testing.assert_array_equal(_scored_observations(data), values["u"])
     single = uq.data.sensors(u=values["v"], x=np.zeros(3))
     np.testing.assert_array_equal(_scored_observations(single), values["v"])
+
+
+def test_mc_dropout_runs_are_calibrated_by_map_refits_of_the_plain_network(tmp_path):
+    # MC dropout's program has discrete masks that MAP cannot fit; its replicates are refitted
+    # as plain MAP fits of the same network (dropout off), so the step runs for it too.
+    import json
+
+    from ucsciml.cli import main
+
+    case = tmp_path / "case.toml"
+    case.write_text(
+        TINY_CALIBRATED.replace('backend = "ensemble"', 'backend = "dropout"').replace(
+            "[calibration]",
+            "[backend.dropout]\nrate = 0.05\nnum_steps = 200\nnum_passes = 20\n\n[calibration]",
+        )
+    )
+    assert main(["-q", "run", str(case), "--out", str(tmp_path / "run")]) == 0
+    cal = json.loads((tmp_path / "run" / "metrics.json").read_text())["calibrated"]
+    assert cal["successful"] >= 1 and "kappa" in cal["parameters"]

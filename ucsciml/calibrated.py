@@ -83,7 +83,10 @@ def calibrate_run(
     Args:
         settings: the ``[calibration]`` table.
         pde: the case's PDE (its reference solver simulates the replicates).
-        program: the compiled program the posterior belongs to.
+        program: the program the replicates are refitted with: the one the posterior belongs
+            to, or the same model without what only the main backend handles (a B-PINN's
+            dropout masks, for MC dropout: its replicates are plain MAP fits of the same
+            network).
         posterior: the raw posterior.
         refit_backend: a backend with ``fit_replicates(program, targets, key)``.
         data_fit: the sensors the posterior was fitted to.

@@ -159,11 +159,10 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         seed,
     )
     backend = _with_checkpoints(case_config.build_backend(cfg, backend_name), run_dir, resume)
-    model = case_config.build(cfg["model"], "model", pde=pde)
+    base_model = case_config.build(cfg["model"], "model", pde=pde)
     # A backend may adapt the model it needs (MC dropout switches on the dropout layer), so
     # one case file serves every backend.
-    if hasattr(backend, "prepare_model"):
-        model = backend.prepare_model(model)
+    model = backend.prepare_model(base_model) if hasattr(backend, "prepare_model") else base_model
     program = compile_program(model, data)
     posterior_path = run_dir / "posterior.nc"
     key = jax.random.key(seed)
@@ -218,7 +217,9 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         result = calibrate_run(
             settings,
             pde=pde,
-            program=program,
+            # Replicates are refitted by MAP ensembles: of the model as the case file gives
+            # it (without a backend's additions such as dropout masks, which MAP cannot fit).
+            program=program if model is base_model else compile_program(base_model, data),
             posterior=posterior,
             refit_backend=case_config.build_backend(cfg, "ensemble"),
             data_fit=data,
