@@ -100,8 +100,12 @@ def calibrate_run(
     groups: dict[str, xr.Dataset] = {}
     sd_at_holdout = None
     if settings.method == "replicates":
-        kept = _draws_that_fit(settings, posterior, data_fit, key)
+        kept, best_misfit = _draws_that_fit(settings, posterior, data_fit, key)
         metrics["posterior_draws_kept"] = [int(kept.sum()), int(kept.size)]
+        metrics["best_misfit"] = best_misfit
+        metrics["max_misfit"] = settings.max_misfit
+        # No draw explains the data: the calibration corrects a failed fit and says so.
+        metrics["main_fit_failed"] = bool(not best_misfit <= settings.max_misfit)
         fits = _replicate_rounds(
             settings, pde, program, posterior, refit_backend, data_fit, seed, key, kept
         )
@@ -163,8 +167,9 @@ def _misfit(fitted: Posterior, data: xr.Dataset, observed: dict, key) -> np.ndar
     return np.asarray(total / len(observed))
 
 
-def _draws_that_fit(settings, posterior, data_fit, key) -> np.ndarray:
-    """Mask ``(chain * draw,)`` of the posterior's draws whose data misfit is acceptable.
+def _draws_that_fit(settings, posterior, data_fit, key) -> tuple[np.ndarray, float]:
+    """Mask ``(chain * draw,)`` of the posterior's draws whose data misfit is acceptable, and
+    the best draw's reduced chi-square.
 
     A draw (an ensemble member, a chain stuck far from the data) whose reduced chi-square
     exceeds ``max_misfit`` does not explain the data at their noise level: it is left out of
@@ -180,7 +185,7 @@ def _draws_that_fit(settings, posterior, data_fit, key) -> np.ndarray:
             settings.max_misfit,
             float(np.nanmin(misfit)),
         )
-        return np.ones_like(kept)
+        return np.ones_like(kept), float(np.nanmin(misfit))
     if not kept.all():
         log.warning(
             "calibration: %d of %d posterior draws misfit the data (reduced chi2 > %g) and are "
@@ -189,7 +194,7 @@ def _draws_that_fit(settings, posterior, data_fit, key) -> np.ndarray:
             kept.size,
             settings.max_misfit,
         )
-    return kept
+    return kept, float(np.nanmin(misfit))
 
 
 def _replicate_rounds(settings, pde, program, posterior, backend, data_fit, seed, key, kept):

@@ -342,6 +342,13 @@ def _print_parameters(metrics: dict) -> None:
             f"{cal.get('rounds', 1)} round(s) (data simulated with the reference solver at the "
             "fitted, then bias-corrected, parameters; same sensors and noise; refitted):"
         )
+        if cal.get("main_fit_failed"):
+            print(
+                f"  WARNING: no posterior draw fits the data (best reduced chi2 "
+                f"{cal['best_misfit']:.3g} > {cal.get('max_misfit', 'max_misfit')}): the fit "
+                "itself failed, and these calibrated intervals correct a failed fit's bias as "
+                "if the fit were the estimator refitted; do not trust them. Fix the fit first."
+            )
         _print_parameter_rows("", cal.get("parameters") or {}, calibrated=True)
         if "field" in cal:
             print(
