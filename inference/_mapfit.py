@@ -27,7 +27,7 @@ from ucsciml.inference._chains import map_chains
 from ucsciml.inference._map import adam_core, end_point_checks, lbfgs_core
 
 #: Chunks per phase: the progress bar's resolution.
-CHUNKS = 20
+CHUNKS = 10
 
 
 class MapFitter:
@@ -70,7 +70,7 @@ class MapFitter:
         self.total = adam_steps + lbfgs_steps
         self._compiled = []
         for _, steps, cores in self.phases:
-            length = -(-steps // chunks)
+            length = _chunk_length(steps, chunks)
             self._compiled.append(
                 (
                     length,
@@ -153,6 +153,16 @@ def map_starts(
     return z, losses, verdict
 
 
+def _chunk_length(steps: int, chunks: int) -> int:
+    """Steps per chunk: ``steps / chunks`` rounded up, or the nearest larger divisor of
+    ``steps`` up to twice that (so that every chunk is full and needs no masking)."""
+    length = -(-steps // chunks)
+    for candidate in range(length, 2 * length + 1):
+        if steps % candidate == 0:
+            return candidate
+    return length
+
+
 def _starter(cores):
     def start(a):
         z, args = a
@@ -163,11 +173,16 @@ def _starter(cores):
 
 def _chunk(cores, length: int, steps: int):
     """One fit's chunk: ``length`` steps from step ``first``; steps at or past ``steps`` are
-    skipped (their loss NaN, trimmed by the caller)."""
+    skipped (their loss NaN, trimmed by the caller). When ``length`` divides ``steps`` no
+    step is ever skipped and the chunk is a plain scan."""
 
     def run(a):
         state, first, args = a
         _, step = cores(args)
+        if steps % length == 0:
+            # Every chunk is full: no step to skip, no cond (a cond around the step costs
+            # ~8% under lax.map on a CPU).
+            return jax.lax.scan(lambda c, _: step(c), state, None, length=length)
 
         def body(carry, index):
             def go(c):
