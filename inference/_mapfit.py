@@ -164,9 +164,18 @@ def _chunk_length(steps: int, chunks: int) -> int:
 
 
 def _starter(cores):
+    """A phase's initial state, typed exactly as its step returns it (an optimiser's fresh
+    state can differ in dtype or weak type from a stepped one, which would compile the
+    chunk twice: once for the first chunk, once for the rest)."""
+
     def start(a):
         z, args = a
-        return cores(args)[0](z)
+        init, step = cores(args)
+        state = init(z)
+        stepped = jax.eval_shape(step, state)[0]
+        return jax.tree.map(
+            lambda x, spec: jax.lax.convert_element_type(x, spec.dtype), state, stepped
+        )
 
     return start
 
