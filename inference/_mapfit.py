@@ -5,10 +5,11 @@ fit_map` (one definition of each step, in ``_map``), for a batch of fits laid ou
 (:func:`~ucsciml.inference._chains.map_chains`: vmapped, one after another per device, or
 split over devices). Each phase runs as jitted chunks of a fixed length, so a phase compiles
 once whatever its step count, and a progress bar advances between chunks: a long MAP phase
-no longer prints nothing until it ends. Steps past the phase's end inside the last chunk are
-skipped by a ``cond`` (free under ``lax.map``; under ``vmap`` they cost at most one chunk,
-1/``chunks`` of the phase). Chunking does not change the fits: every step is the same
-compiled body whatever chunk it falls in.
+no longer prints nothing until it ends. The chunk length is a divisor of the phase's steps
+where one is near ``steps / chunks``, and each chunk is then a plain scan of the step: the
+fits are bit-identical to one unchunked scan (measured on the default Burgers fit). Otherwise
+steps past the phase's end inside the last chunk are skipped by a ``cond`` (about 8% slower
+under ``lax.map`` on a CPU; under ``vmap`` at most one chunk of extra work).
 """
 
 from __future__ import annotations
