@@ -67,3 +67,8 @@ def map_chains(
         return sharded(jax.device_put(args, NamedSharding(mesh, P("chain"))))
 
     return run
+
+
+def tile(tree, num: int):
+    """``num`` copies of every leaf of ``tree`` along a new leading (chain) axis."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (num, *jnp.shape(x))), tree)

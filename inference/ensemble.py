@@ -17,7 +17,7 @@ from numpyro.primitives import Messenger
 
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
-from ucsciml.inference._chains import chain_keys, map_chains, num_shards
+from ucsciml.inference._chains import chain_keys, map_chains, num_shards, tile
 from ucsciml.inference._map import (
     ProgramSignature,
     check_continuous,
@@ -116,7 +116,7 @@ class DeepEnsemble:
             z, losses, grads, shards, postprocess = self._fit_anchored(program, keys)
         else:
             z, losses, grads, shards = self._fit_batches(
-                program, keys, _tile(program.targets, len(keys))
+                program, keys, tile(program.targets, len(keys))
             )
             family = self._fitter(program, self.num_members)[2]
             postprocess = family.postprocess(inputs=program.inputs, targets=program.targets)
@@ -248,7 +248,7 @@ class DeepEnsemble:
                 "multiple of num_members"
             )
         fit, shards, _ = self._fitter(program, batch)
-        inputs = _tile(program.inputs, batch)
+        inputs = tile(program.inputs, batch)
         zs, losses, grads = [], [], []
         for start in range(0, num, batch):
             part = _rows(targets, start, start + batch)
@@ -302,11 +302,6 @@ def _map_fitter(signature, num_steps, learning_rate, lbfgs_steps, batch, shard):
 def _rows(tree, start: int, stop: int):
     """Rows ``start:stop`` of every leaf's leading axis."""
     return jax.tree.map(lambda x: jnp.asarray(x)[start:stop], tree)
-
-
-def _tile(tree, num: int):
-    """``num`` copies of every leaf of ``tree`` along a new leading axis."""
-    return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (num, *jnp.shape(x))), tree)
 
 
 def _prior_draw(program: Program, key: PRNGKey) -> dict:

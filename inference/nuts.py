@@ -10,7 +10,6 @@ from typing import Literal
 
 import blackjax
 import jax
-import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.infer import MCMC
@@ -18,7 +17,7 @@ from numpyro.infer import NUTS as NumPyroNUTS
 from numpyro.infer.initialization import init_to_sample
 
 from ucsciml._types import PRNGKey
-from ucsciml.inference._chains import chain_keys, map_chains, num_shards
+from ucsciml.inference._chains import chain_keys, map_chains, num_shards, tile
 from ucsciml.inference._driver import sample_scan
 from ucsciml.inference._map import ProgramSignature, potential, potential_family
 from ucsciml.inference._mapfit import map_starts
@@ -257,8 +256,8 @@ class NUTS:
             (
                 keys,
                 starts,
-                _tile(program.inputs, self.num_chains),
-                _tile(program.targets, self.num_chains),
+                tile(program.inputs, self.num_chains),
+                tile(program.targets, self.num_chains),
             )
         )
         depth = np.asarray(infos.num_trajectory_expansions)
@@ -313,11 +312,6 @@ def _blackjax_sampler(
         return constrained, infos, states.logdensity, parameters["step_size"]
 
     return map_chains(one_chain, num_chains, shard)
-
-
-def _tile(tree, num: int):
-    """``num`` copies of every leaf of ``tree`` along a new leading axis."""
-    return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (num, *jnp.shape(x))), tree)
 
 
 def _fixed_sites(program: Program, sample_sites: tuple[str, ...]) -> list[str]:
