@@ -56,7 +56,9 @@ def main() -> None:
         "NUTS blackjax (200+200, 2)": inference.NUTS(
             engine="blackjax", num_warmup=200, num_samples=200, num_chains=2
         ),
-        "DeepEnsemble (8 members)": inference.DeepEnsemble(num_members=8, num_steps=500),
+        "DeepEnsemble (8 members)": inference.DeepEnsemble(
+            num_members=8, map=inference.MAPFit(adam_steps=500)
+        ),
     }
     first_program, other_program = program(0), program(1)
     print(f"{'backend':<28}{'first (s)':>11}{'same (s)':>10}{'new data (s)':>14}{'ratios':>16}")

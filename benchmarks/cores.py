@@ -38,7 +38,8 @@ pde = case_config.build(cfg["pde"], "pde")
 program = uq.compile(case_config.build(cfg["model"], "model", pde=pde), _load_data(cfg, pde))
 backends = {
     "ensemble (8 members)": inference.DeepEnsemble(
-        num_members=8, num_steps=steps, learning_rate=3e-3, lbfgs_steps=steps
+        num_members=8,
+        map=inference.MAPFit(adam_steps=steps, learning_rate=3e-3, lbfgs_steps=steps),
     ),
     "nuts (4 chains)": inference.NUTS(
         num_warmup=50, num_samples=50, num_chains=4, max_tree_depth=4, progress_bar=False

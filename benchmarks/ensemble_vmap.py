@@ -41,19 +41,19 @@ def _child(mode: str, members: int, steps: int, cache: str) -> dict:
 
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    from ucsciml.inference import DeepEnsemble
+    from ucsciml.inference import DeepEnsemble, MAPFit
 
     program = _program()
     key = jax.random.key(0)
     if mode == "vmap":
-        backend = DeepEnsemble(num_members=members, num_steps=steps)
+        backend = DeepEnsemble(num_members=members, map=MAPFit(adam_steps=steps))
         backend.run(program, jax.random.key(99))  # warm-up: compile and cache
         start = time.perf_counter()
         posterior = backend.run(program, key)
         wall = time.perf_counter() - start
         final = posterior.attrs["optimization"]["final_loss_per_member"]
     else:
-        backend = DeepEnsemble(num_members=1, num_steps=steps)
+        backend = DeepEnsemble(num_members=1, map=MAPFit(adam_steps=steps))
         backend.run(program, jax.random.key(99))
         start = time.perf_counter()
         final = []

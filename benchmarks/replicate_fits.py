@@ -56,9 +56,10 @@ def main() -> None:
     steps = parser.parse_args().steps
     program = _program()
     family = potential_family(program, jax.random.key(0), program.fn)
+    settings = inference.MAPFit(adam_steps=steps, learning_rate=3e-3, lbfgs_steps=steps)
 
     def one(key):
-        return fit_map(family.make(), family.init(key), steps, 3e-3, steps)
+        return fit_map(family.make(), family.init(key), settings)
 
     keys = chain_keys(jax.random.key(0), 2)
     vmapped = _timed(jax.jit(jax.vmap(one)), keys)
@@ -67,9 +68,7 @@ def main() -> None:
     print(f"  vmapped {vmapped:.2f} s, one after another {sequential:.2f} s")
     print(f"  ratio sequential / vmapped: {sequential / vmapped:.2f}")
 
-    backend = inference.DeepEnsemble(
-        num_members=2, num_steps=steps, learning_rate=3e-3, lbfgs_steps=steps
-    )
+    backend = inference.DeepEnsemble(num_members=2, map=settings)
     rng = np.random.default_rng(0)
     y = np.asarray(program.targets)
 

@@ -22,6 +22,7 @@ from numpyro.infer.initialization import init_to_sample
 from numpyro.infer.util import initialize_model
 
 from ucsciml._types import PRNGKey, PyTree
+from ucsciml.inference._mapfit_settings import FINAL_LR_FRACTION, SCHEDULES, MAPFit
 from ucsciml.program import Program
 
 
@@ -119,13 +120,29 @@ class ProgramSignature:
         return isinstance(other, ProgramSignature) and self.key == other.key
 
 
+def adam_schedule(learning_rate: float, num_steps: int, schedule: str) -> optax.ScalarOrSchedule:
+    """The learning rate of :class:`~ucsciml.inference.MAPFit`'s ``schedule``: constant, or
+    an exponential or cosine decay to ``FINAL_LR_FRACTION`` of it over ``num_steps``."""
+    if schedule == "exponential":
+        return optax.exponential_decay(learning_rate, num_steps, FINAL_LR_FRACTION)
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, num_steps, alpha=FINAL_LR_FRACTION)
+    if schedule == "constant":
+        return learning_rate
+    raise ValueError(f"unknown Adam schedule {schedule!r}; choose one of {SCHEDULES}")
+
+
 def adam_core(
-    potential_fn: Callable[[PyTree], jax.Array], num_steps: int, learning_rate: float
+    potential_fn: Callable[[PyTree], jax.Array],
+    num_steps: int,
+    learning_rate: float,
+    schedule: str = "exponential",
 ) -> tuple[Callable, Callable]:
-    """Adam with an exponential decay to 1% of the initial rate over ``num_steps``, as
-    ``init(z) -> state`` and ``step(state) -> (state, loss)`` on ``state = (z, opt_state)``
-    (the loss is the potential before the step)."""
-    opt = optax.adam(optax.exponential_decay(learning_rate, num_steps, 0.01))
+    """Adam on a :class:`~ucsciml.inference.MAPFit` schedule over ``num_steps`` (by default
+    an exponential decay to 1% of the initial rate), as ``init(z) -> state`` and
+    ``step(state) -> (state, loss)`` on ``state = (z, opt_state)`` (the loss is the
+    potential before the step)."""
+    opt = optax.adam(adam_schedule(learning_rate, num_steps, schedule))
 
     def init(z):
         return z, opt.init(z)
@@ -168,19 +185,17 @@ def _scan(init, step, z0, num_steps):
 
 
 def fit_map(
-    potential_fn: Callable[[PyTree], jax.Array],
-    z0: PyTree,
-    adam_steps: int,
-    learning_rate: float,
-    lbfgs_steps: int,
+    potential_fn: Callable[[PyTree], jax.Array], z0: PyTree, fit: MAPFit
 ) -> tuple[PyTree, jax.Array, jax.Array]:
-    """Adam (:func:`adam_core`) then L-BFGS (:func:`lbfgs_core`) as one traced function
-    (for use inside ``jit``/``vmap``; :class:`ucsciml.inference._mapfit.MapFitter` runs the
-    same steps in chunks with a progress bar); returns the point, the concatenated loss trace
-    and :func:`end_point_checks` at the point."""
-    z, losses = _scan(*adam_core(potential_fn, adam_steps, learning_rate), z0, adam_steps)
-    if lbfgs_steps:
-        z, polish = _scan(*lbfgs_core(potential_fn), z, lbfgs_steps)
+    """Adam (:func:`adam_core`) then L-BFGS (:func:`lbfgs_core`) with the settings ``fit``,
+    as one traced function (for use inside ``jit``/``vmap``;
+    :class:`ucsciml.inference._mapfit.MapFitter` runs the same steps in chunks with a
+    progress bar); returns the point, the concatenated loss trace and
+    :func:`end_point_checks` at the point."""
+    adam = adam_core(potential_fn, fit.adam_steps, fit.learning_rate, fit.schedule)
+    z, losses = _scan(*adam, z0, fit.adam_steps)
+    if fit.lbfgs_steps:
+        z, polish = _scan(*lbfgs_core(potential_fn), z, fit.lbfgs_steps)
         losses = jnp.concatenate([losses, polish])
     return z, losses, end_point_checks(potential_fn, z)
 

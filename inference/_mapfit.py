@@ -26,6 +26,7 @@ from ucsciml._types import PyTree
 from ucsciml.convergence import judge
 from ucsciml.inference._chains import map_chains
 from ucsciml.inference._map import adam_core, end_point_checks, lbfgs_core
+from ucsciml.inference._mapfit_settings import MAPFit
 
 #: Chunks per phase: the progress bar's resolution.
 CHUNKS = 10
@@ -38,7 +39,7 @@ class MapFitter:
         make_potential: ``args -> potential_fn`` for one fit (``args`` is that fit's slice
             of the per-fit arguments: data, keys, or ``None``).
         num_fits: the batch size (the leading axis of starts and arguments).
-        adam_steps, learning_rate, lbfgs_steps: the optimiser settings.
+        fit: the optimiser settings (the verdict's ``lbfgs_tol`` is the caller's to use).
         shard, sequential: the layout (:func:`~ucsciml.inference._chains.map_chains`).
         chunks: chunks per phase.
 
@@ -51,9 +52,7 @@ class MapFitter:
         self,
         make_potential: Callable[[Any], Callable[[PyTree], jax.Array]],
         num_fits: int,
-        adam_steps: int,
-        learning_rate: float,
-        lbfgs_steps: int,
+        fit: MAPFit,
         *,
         shard: bool = True,
         sequential: bool = False,
@@ -61,14 +60,19 @@ class MapFitter:
     ):
         self.num_fits = num_fits
         self.phases = []
-        if adam_steps:
-            cores = lambda args: adam_core(make_potential(args), adam_steps, learning_rate)  # noqa: E731
-            self.phases.append(("Adam", adam_steps, cores))
-        if lbfgs_steps:
+        if fit.adam_steps:
+
+            def cores(args):
+                return adam_core(
+                    make_potential(args), fit.adam_steps, fit.learning_rate, fit.schedule
+                )
+
+            self.phases.append(("Adam", fit.adam_steps, cores))
+        if fit.lbfgs_steps:
             self.phases.append(
-                ("L-BFGS", lbfgs_steps, lambda args: lbfgs_core(make_potential(args)))
+                ("L-BFGS", fit.lbfgs_steps, lambda args: lbfgs_core(make_potential(args)))
             )
-        self.total = adam_steps + lbfgs_steps
+        self.total = fit.adam_steps + fit.lbfgs_steps
         self._compiled = []
         for _, steps, cores in self.phases:
             length = _chunk_length(steps, chunks)
@@ -121,9 +125,7 @@ class MapFitter:
 def map_starts(
     potential_fn: Callable[[PyTree], jax.Array],
     starts: PyTree,
-    adam_steps: int,
-    learning_rate: float,
-    lbfgs_steps: int,
+    fit: MAPFit,
     *,
     phase: str,
     hint: str,
@@ -131,7 +133,8 @@ def map_starts(
     progress: bool = True,
 ) -> tuple[PyTree, np.ndarray, dict]:
     """MAP fits that are starting points of a later algorithm (NUTS chains, a VI guide):
-    one fit per start (leading axis), with a verdict that is mentioned, not decisive.
+    one fit per start (leading axis), with a verdict that is mentioned, not decisive (its
+    gradient tolerance ``fit.lbfgs_tol``).
 
     Returns:
         The fitted points, the losses ``(fits, steps)`` and the convergence verdict.
@@ -140,17 +143,17 @@ def map_starts(
         FloatingPointError: when a fit ends at a non-finite loss.
     """
     num = int(jax.tree.leaves(starts)[0].shape[0])
-    fitter = MapFitter(
-        lambda _: potential_fn, num, adam_steps, learning_rate, lbfgs_steps, shard=shard
-    )
+    fitter = MapFitter(lambda _: potential_fn, num, fit, shard=shard)
     z, losses, checks = fitter(starts, desc=phase, progress=progress)
     losses = np.asarray(losses)
     if not np.isfinite(losses[:, -1]).all():
         raise FloatingPointError(
-            f"{phase} diverged (non-finite potential); lower its learning rate or start "
-            "from the prior (init='prior')"
+            f"{phase} diverged (non-finite potential); lower its learning rate "
+            "(map=MAPFit(learning_rate=...)) or start from the prior (init='prior')"
         )
-    verdict = judge(losses, np.asarray(checks), phase=phase, hint=hint, decisive=False)
+    verdict = judge(
+        losses, np.asarray(checks), phase=phase, gtol=fit.lbfgs_tol, hint=hint, decisive=False
+    )
     return z, losses, verdict
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import zlib
@@ -25,6 +24,7 @@ from ucsciml.inference._map import (
     potential_family,
 )
 from ucsciml.inference._mapfit import MapFitter
+from ucsciml.inference._mapfit_settings import MAPFit, fold_legacy, legacy, map_field, settings_of
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -37,7 +37,7 @@ class DeepEnsemble:
     r"""An ensemble of MAP fits from independent initialisations; optionally anchored.
 
     Member ``m`` minimises the potential :math:`U(z) = -\log p(y, z)` in unconstrained
-    space from its own prior draw, with Adam then (optionally) L-BFGS. With
+    space from its own prior draw, with Adam then (optionally) L-BFGS (``map``). With
     ``anchored=True`` each member instead minimises the randomise-then-optimise objective
 
     .. math::
@@ -62,9 +62,8 @@ class DeepEnsemble:
 
     Args:
         num_members: ensemble size M.
-        num_steps: Adam steps per member (learning rate decays to 1%).
-        learning_rate: Adam's initial rate.
-        lbfgs_steps: L-BFGS polishing steps per member (0 disables).
+        map: each member's MAP fit (:class:`~ucsciml.inference.MAPFit`; default 3000 Adam
+            steps at 1e-2, then 200 L-BFGS steps).
         anchored: randomise-then-optimise members (see above).
         shard: split members across devices when there are several.
 
@@ -78,27 +77,24 @@ class DeepEnsemble:
         (2020), Uncertainty in neural networks: approximately Bayesian ensembling, AISTATS.
         Bardsley, Solonen, Haario & Laine (2014), Randomize-then-optimize, SIAM J. Sci.
         Comput. 36(4).
+
+    ``num_steps``, ``learning_rate`` and ``lbfgs_steps`` are deprecated spellings of
+    ``map=MAPFit(adam_steps=..., learning_rate=..., lbfgs_steps=...)``.
     """
 
     num_members: int = 8
-    num_steps: int = 3000
-    learning_rate: float = 1e-2
-    lbfgs_steps: int = 200
+    map: MAPFit = map_field(adam_steps=3000, learning_rate=1e-2, lbfgs_steps=200)
     anchored: bool = False
     shard: bool = True
+    num_steps: int | None = legacy("adam_steps")
+    learning_rate: float | None = legacy("learning_rate")
+    lbfgs_steps: int | None = legacy("lbfgs_steps")
 
     def __post_init__(self):
-        low = {"num_members": 1, "num_steps": 0, "lbfgs_steps": 0}
-        for name, minimum in low.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(
-                    f"DeepEnsemble.{name} must be an integer >= {minimum}, got {value!r}"
-                )
-        if self.num_steps + self.lbfgs_steps == 0:
-            raise ValueError("DeepEnsemble needs num_steps > 0 or lbfgs_steps > 0")
-        if not self.learning_rate > 0:
-            raise ValueError(f"DeepEnsemble.learning_rate must be > 0, got {self.learning_rate}")
+        fold_legacy(self)
+        value = self.num_members
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"DeepEnsemble.num_members must be an integer >= 1, got {value!r}")
         for name in ("anchored", "shard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DeepEnsemble.{name} must be true or false")
@@ -124,7 +120,7 @@ class DeepEnsemble:
         final = np.asarray(losses[:, -1], dtype=float)
         if not np.isfinite(final).all():
             log.warning(
-                "%d of %d ensemble members ended at a non-finite loss; lower learning_rate",
+                "%d of %d ensemble members ended at a non-finite loss; lower map.learning_rate",
                 int((~np.isfinite(final)).sum()),
                 self.num_members,
             )
@@ -144,7 +140,7 @@ class DeepEnsemble:
             kind="ensemble",
             attrs=provenance(
                 backend="ensemble",
-                settings=dataclasses.asdict(self),
+                settings=settings_of(self),
                 shards=shards,
                 optimization=optimization,
             ),
@@ -189,11 +185,17 @@ class DeepEnsemble:
 
     def _verdict(self, losses, grads, phase: str) -> dict:
         hint = (
-            "raise lbfgs_steps (an L-BFGS polish converges where Adam's decayed rate stalls)"
-            if self.lbfgs_steps == 0
-            else "raise num_steps or lbfgs_steps, or lower learning_rate"
+            "raise map.lbfgs_steps (an L-BFGS polish converges where Adam's decayed rate stalls)"
+            if self.map.lbfgs_steps == 0
+            else "raise map.adam_steps or map.lbfgs_steps, or lower map.learning_rate"
         )
-        return judge(np.asarray(losses), np.asarray(grads), phase=phase, hint=hint)
+        return judge(
+            np.asarray(losses),
+            np.asarray(grads),
+            phase=phase,
+            gtol=self.map.lbfgs_tol,
+            hint=hint,
+        )
 
     def _fit_anchored(self, program: Program, keys):
         """Randomise-then-optimise members (see the class docstring)."""
@@ -212,14 +214,7 @@ class DeepEnsemble:
             return family.make(anchors=_prior_draw(program, anchor_key), noise_key=noise_key)
 
         shards = num_shards(self.num_members) if self.shard else 1
-        fitter = MapFitter(
-            member_potential,
-            self.num_members,
-            self.num_steps,
-            self.learning_rate,
-            self.lbfgs_steps,
-            shard=self.shard,
-        )
+        fitter = MapFitter(member_potential, self.num_members, self.map, shard=self.shard)
         starts = map_chains(
             lambda k: pot.init(jax.random.split(k, 3)[0]), self.num_members, shard=self.shard
         )
@@ -227,14 +222,7 @@ class DeepEnsemble:
         return z, losses, grads, shards, pot.postprocess_fn
 
     def _fitter(self, program: Program, batch: int):
-        return _map_fitter(
-            ProgramSignature(program),
-            self.num_steps,
-            self.learning_rate,
-            self.lbfgs_steps,
-            batch,
-            self.shard,
-        )
+        return _map_fitter(ProgramSignature(program), self.map, batch, self.shard)
 
     def _fit_batches(self, program: Program, keys, targets, desc: str = "ensemble members"):
         """Plain MAP fits, one per key and target set, ``num_members`` at a time through one
@@ -262,24 +250,22 @@ class DeepEnsemble:
 
 
 @functools.lru_cache(maxsize=8)
-def _map_fitter(signature, num_steps, learning_rate, lbfgs_steps, batch, shard):
+def _map_fitter(signature, settings, batch, shard):
     """``fit((keys, targets, inputs)) -> (z, losses, end_checks)``: ``batch`` plain MAP fits
     of ``program``'s potential with the data as traced arguments (leading batch axis on all
     three), one after another on each device (``lax.map``: vmapping L-BFGS's line search
     costs ~3x) and split over devices (``shard_map``), in chunks with a progress bar
-    (:class:`~ucsciml.inference._mapfit.MapFitter`). Cached per model, data shapes and
-    settings (:class:`~ucsciml.inference._map.ProgramSignature`), so later calls, new
-    programs of the same model on new data of the same shapes included, reuse the compiled
-    executables; with JAX's persistent compilation cache (on in the CLI) so do later
-    processes."""
+    (:class:`~ucsciml.inference._mapfit.MapFitter` with the MAPFit ``settings``). Cached per
+    model, data shapes and settings (:class:`~ucsciml.inference._map.ProgramSignature`), so
+    later calls, new programs of the same model on new data of the same shapes included,
+    reuse the compiled executables; with JAX's persistent compilation cache (on in the CLI)
+    so do later processes."""
     program = signature.program
     family = potential_family(program, jax.random.key(0), program.fn)
     fitter = MapFitter(
         lambda data: family.make(inputs=data[1], targets=data[0]),
         batch,
-        num_steps,
-        learning_rate,
-        lbfgs_steps,
+        settings,
         shard=shard,
         sequential=True,
     )

@@ -3,7 +3,6 @@ equal-weight mixture of Gaussians at several MAP modes."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys
 from ucsciml.inference._map import check_continuous, potential
 from ucsciml.inference._mapfit import MapFitter
+from ucsciml.inference._mapfit_settings import MAPFit, fold_legacy, legacy, map_field, settings_of
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -35,8 +35,7 @@ class Laplace:
         q(z) = \mathcal N\big(\hat z,\ H^{-1}\big),\quad H = \nabla^2 U(\hat z),
 
     where :math:`U = -\log p(y, z)` is NumPyro's potential (log-Jacobians of the constraining
-    transforms included). The mode comes from Adam (``map_steps``) then L-BFGS
-    (``lbfgs_steps``). Draws of ``z`` are mapped back to the constrained sites, so a
+    transforms included). The mode comes from a MAP fit (``map``: Adam then L-BFGS). Draws of ``z`` are mapped back to the constrained sites, so a
     positive parameter gets a log-normal approximation. Draws are laid out as
     ``(chain=1, draw=num_samples)``.
 
@@ -78,9 +77,8 @@ class Laplace:
     (per mode in ``floored_eigenvalues_per_mode``, with ``final_loss_per_mode``).
 
     Args:
-        map_steps: Adam steps to the mode.
-        learning_rate: Adam's initial rate (decays to 1%).
-        lbfgs_steps: L-BFGS polishing steps.
+        map: the MAP fit to each mode (:class:`~ucsciml.inference.MAPFit`; default 3000 Adam
+            steps at 1e-2, then 200 L-BFGS steps).
         num_samples: Gaussian draws (per mode).
         hessian: ``"auto"``, ``"full"`` or ``"diagonal"``.
         max_full_dim: largest dimension ``"auto"`` treats with the full Hessian.
@@ -98,38 +96,34 @@ class Laplace:
         Computation 4(3). Daxberger et al. (2021), Laplace redux: effortless Bayesian deep
         learning, NeurIPS. Yao, Vehtari & Gelman (2022), Stacking for non-mixing Bayesian
         computations: the curse and blessing of multimodal posteriors, JMLR 23(79).
+
+    ``map_steps``, ``learning_rate`` and ``lbfgs_steps`` are deprecated spellings of
+    ``map=MAPFit(adam_steps=..., learning_rate=..., lbfgs_steps=...)``.
     """
 
-    map_steps: int = 3000
-    learning_rate: float = 1e-2
-    lbfgs_steps: int = 200
+    map: MAPFit = map_field(adam_steps=3000, learning_rate=1e-2, lbfgs_steps=200)
     num_samples: int = 1000
     hessian: Literal["auto", "full", "diagonal"] = "auto"
     max_full_dim: int = 4000
     min_eigenvalue: float = 1.0
     num_modes: int = 1
+    map_steps: int | None = legacy("adam_steps")
+    learning_rate: float | None = legacy("learning_rate")
+    lbfgs_steps: int | None = legacy("lbfgs_steps")
 
     def __post_init__(self):
-        low = {
-            "map_steps": 0,
-            "lbfgs_steps": 0,
-            "num_samples": 1,
-            "max_full_dim": 1,
-            "num_modes": 1,
-        }
+        fold_legacy(self)
+        low = {"num_samples": 1, "max_full_dim": 1, "num_modes": 1}
         for name, minimum in low.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"Laplace.{name} must be an integer >= {minimum}, got {value!r}")
-        if self.map_steps + self.lbfgs_steps == 0:
-            raise ValueError("Laplace needs map_steps > 0 or lbfgs_steps > 0 to find the mode")
         if self.hessian not in ("auto", "full", "diagonal"):
             raise ValueError(
                 f"Laplace.hessian must be 'auto', 'full' or 'diagonal', got {self.hessian!r}"
             )
-        for name in ("learning_rate", "min_eigenvalue"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Laplace.{name} must be > 0, got {getattr(self, name)!r}")
+        if not self.min_eigenvalue > 0:
+            raise ValueError(f"Laplace.min_eigenvalue must be > 0, got {self.min_eigenvalue!r}")
 
     def run(self, program: Program, key: PRNGKey) -> Posterior:
         """Find the mode(s) of ``program``'s posterior and draw from the Gaussian at each.
@@ -158,14 +152,7 @@ class Laplace:
         draw = functools.partial(
             _gaussian_draws, num_samples=self.num_samples, floor=self.min_eigenvalue
         )
-        fitter = MapFitter(
-            lambda _: flat_potential,
-            num_modes,
-            self.map_steps,
-            self.learning_rate,
-            self.lbfgs_steps,
-            shard=False,
-        )
+        fitter = MapFitter(lambda _: flat_potential, num_modes, self.map, shard=False)
         if num_modes == 1:
             starts = flat0[None]
         else:
@@ -214,8 +201,9 @@ class Laplace:
                 losses,
                 np.asarray(grads),
                 phase="Laplace mode search" + (f" ({num_modes} modes)" if num_modes > 1 else ""),
-                hint="raise map_steps or lbfgs_steps (a Hessian away from the mode is not "
-                "the posterior's curvature)",
+                gtol=self.map.lbfgs_tol,
+                hint="raise map.adam_steps or map.lbfgs_steps (a Hessian away from the mode "
+                "is not the posterior's curvature)",
             ),
         }
         if num_modes > 1:
@@ -231,7 +219,7 @@ class Laplace:
             key=predictive_key,
             kind="laplace",
             attrs=provenance(
-                backend="laplace", settings=dataclasses.asdict(self), optimization=optimization
+                backend="laplace", settings=settings_of(self), optimization=optimization
             ),
         )
 
@@ -297,13 +285,13 @@ def _check_finite(final: np.ndarray) -> None:
     if bad.size == final.size:
         which = "" if final.size == 1 else f" in all {final.size} modes"
         raise FloatingPointError(
-            f"Laplace MAP fit ended at a non-finite potential{which}; lower learning_rate"
+            f"Laplace MAP fit ended at a non-finite potential{which}; lower map.learning_rate"
         )
     if bad.size:
         log.warning(
             "Laplace: modes %s of %d ended at a non-finite potential; they are kept in the "
             "equal-weight mixture (chain axis) but their draws are not trustworthy: lower "
-            "learning_rate",
+            "map.learning_rate",
             bad.tolist(),
             final.size,
         )
@@ -314,7 +302,7 @@ def _log_floored(floored: list[int], min_eig: list[float], dim: int, floor: floa
         log.warning(
             "Laplace: %d of %d Hessian eigenvalues were below %g (smallest %.3g) and were "
             "replaced by max(|eigenvalue|, floor): the fit stopped near a saddle or flat "
-            "direction; more map_steps/lbfgs_steps may help",
+            "direction; more map.adam_steps/map.lbfgs_steps may help",
             floored[0],
             dim,
             floor,
@@ -324,8 +312,8 @@ def _log_floored(floored: list[int], min_eig: list[float], dim: int, floor: floa
         log.warning(
             "Laplace: Hessian eigenvalues below %g (of %d per mode) were replaced by "
             "max(|eigenvalue|, floor) in %d of %d modes (counts per mode %s, smallest %.3g): "
-            "those fits stopped near a saddle or flat direction; more map_steps/lbfgs_steps "
-            "may help",
+            "those fits stopped near a saddle or flat direction; more map.adam_steps or "
+            "map.lbfgs_steps may help",
             floor,
             dim,
             sum(1 for n in floored if n),

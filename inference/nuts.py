@@ -21,6 +21,7 @@ from ucsciml.inference._chains import chain_keys, map_chains, num_shards, tile
 from ucsciml.inference._driver import sample_scan
 from ucsciml.inference._map import ProgramSignature, potential, potential_family
 from ucsciml.inference._mapfit import map_starts
+from ucsciml.inference._mapfit_settings import MAPFit, fold_legacy, legacy, map_field, settings_of
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -46,11 +47,11 @@ class NUTS:
         target_accept_prob: dual-averaging target.
         max_tree_depth: cap on the trajectory doubling (2^depth - 1 leapfrog steps).
         dense_mass: adapt a dense mass matrix (small models only).
-        init: ``"prior"`` (a prior draw per chain) or ``"map"`` (per-chain Adam MAP fit from
+        init: ``"prior"`` (a prior draw per chain) or ``"map"`` (per-chain MAP fit from
             a prior draw: chains start in high-density regions, so warm-up is short; chains
             that land in different modes stay there, and R-hat says so).
-        map_steps, map_learning_rate: the MAP fit's Adam settings.
-        map_lbfgs_steps: L-BFGS steps polishing each chain's MAP after Adam (0: none).
+        map: each chain's MAP fit with ``init="map"`` (:class:`~ucsciml.inference.MAPFit`;
+            default 2000 Adam steps at 1e-2, then 200 L-BFGS steps).
         progress_bar: show progress (NumPyro engine).
         shard: split chains across devices when there are several and they divide the
             chains; ``False`` vmaps every chain on one device.
@@ -66,6 +67,9 @@ class NUTS:
 
     References:
         Hoffman & Gelman (2014), The No-U-Turn Sampler, JMLR 15.
+
+    ``map_steps``, ``map_learning_rate`` and ``map_lbfgs_steps`` are deprecated spellings of
+    ``map=MAPFit(adam_steps=..., learning_rate=..., lbfgs_steps=...)``.
     """
 
     num_warmup: int = 500
@@ -76,14 +80,16 @@ class NUTS:
     max_tree_depth: int = 10
     dense_mass: bool = False
     init: Literal["prior", "map"] = "prior"
-    map_steps: int = 2000
-    map_learning_rate: float = 1e-2
-    map_lbfgs_steps: int = 200
+    map: MAPFit = map_field(adam_steps=2000, learning_rate=1e-2, lbfgs_steps=200)
     progress_bar: bool = True
     shard: bool = True
     sample_sites: tuple[str, ...] = ()
+    map_steps: int | None = legacy("adam_steps")
+    map_learning_rate: float | None = legacy("learning_rate")
+    map_lbfgs_steps: int | None = legacy("lbfgs_steps")
 
     def __post_init__(self):
+        fold_legacy(self)
         sites = self.sample_sites
         if isinstance(sites, str) or not all(isinstance(s, str) for s in sites):
             raise ValueError(f"NUTS.sample_sites must be a list of site names, got {sites!r}")
@@ -92,16 +98,9 @@ class NUTS:
             raise ValueError(
                 "NUTS.sample_sites needs init='map': the sites left out are held at the MAP"
             )
-        for name in (
-            "num_warmup",
-            "num_samples",
-            "num_chains",
-            "max_tree_depth",
-            "map_steps",
-            "map_lbfgs_steps",
-        ):
+        for name in ("num_warmup", "num_samples", "num_chains", "max_tree_depth"):
             value = getattr(self, name)
-            low = 0 if name in ("num_warmup", "map_steps", "map_lbfgs_steps") else 1
+            low = 0 if name == "num_warmup" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"NUTS.{name} must be an integer >= {low}, got {value!r}")
         if self.engine not in ("numpyro", "blackjax"):
@@ -112,8 +111,6 @@ class NUTS:
             raise ValueError(
                 f"NUTS.target_accept_prob must be in (0, 1), got {self.target_accept_prob}"
             )
-        if not self.map_learning_rate > 0:
-            raise ValueError(f"NUTS.map_learning_rate must be > 0, got {self.map_learning_rate}")
 
     def run(self, program: Program, key: PRNGKey) -> Posterior:
         """Sample the posterior of ``program``.
@@ -150,7 +147,7 @@ class NUTS:
             draws = next(iter(samples.values())).shape[:2]
             for name, value in fixed.items():
                 samples[name] = np.broadcast_to(value, draws + value.shape).copy()
-        settings = dataclasses.asdict(self)
+        settings = settings_of(self)
         return Posterior(
             samples=samples,
             program=program,
@@ -175,11 +172,9 @@ class NUTS:
         z, losses, verdict = map_starts(
             pot.potential_fn,
             starts,
-            self.map_steps,
-            self.map_learning_rate,
-            self.map_lbfgs_steps,
+            self.map,
             phase="NUTS MAP initialisation",
-            hint="raise map_steps or map_lbfgs_steps (warmup still adapts from these starts)",
+            hint="raise map.adam_steps or map.lbfgs_steps (warmup still adapts from these starts)",
             shard=self.shard,
             progress=self.progress_bar,
         )

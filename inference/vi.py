@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -27,6 +26,13 @@ from ucsciml.convergence import judge
 from ucsciml.inference._driver import scan_in_chunks
 from ucsciml.inference._map import check_continuous, potential, with_deterministics
 from ucsciml.inference._mapfit import map_starts
+from ucsciml.inference._mapfit_settings import (
+    MAPFit,
+    fold_legacy,
+    legacy,
+    map_field,
+    settings_of,
+)
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import config_hash, provenance
@@ -87,10 +93,11 @@ class VI:
         rank: low-rank guide's rank (0: NumPyro's default, about sqrt(dim)).
         flow_layers, flow_hidden: IAF flow depth and hidden width.
         init_scale: initial guide scale in unconstrained space (not used by the flow).
-        init: ``"prior"`` (guide centred on a prior draw) or ``"map"`` (on an Adam MAP fit of
-            ``map_steps`` steps; useful for networks, whose prior draws fit nothing).
-        map_steps, map_learning_rate: the MAP initialisation's Adam settings.
-        map_lbfgs_steps: L-BFGS polish steps after that Adam fit (0 disables).
+        init: ``"prior"`` (guide centred on a prior draw) or ``"map"`` (on a MAP fit; useful
+            for networks, whose prior draws fit nothing).
+        map: that MAP fit (:class:`~ucsciml.inference.MAPFit`; default 2000 Adam steps at
+            1e-2, then 200 L-BFGS steps). ``learning_rate`` and ``schedule`` above are the
+            ELBO optimiser's, not the MAP fit's.
         minibatch: ``{plate name: batch size}``; empty for full-batch.
         convergence_tol: relative change of the windowed loss mean accepted as converged.
         checkpoint_dir: folder for ``vi.npz``; ``None`` disables checkpointing.
@@ -105,6 +112,9 @@ class VI:
         variational inference, JMLR 18. Hoffman, Blei, Wang & Paisley (2013), Stochastic
         variational inference, JMLR 14. Kingma et al. (2016), Improved variational inference
         with inverse autoregressive flow, NeurIPS.
+
+    ``map_steps``, ``map_learning_rate`` and ``map_lbfgs_steps`` are deprecated spellings of
+    ``map=MAPFit(adam_steps=..., learning_rate=..., lbfgs_steps=...)``.
     """
 
     guide: Literal["normal", "lowrank", "fullrank", "flow"] = "normal"
@@ -120,18 +130,19 @@ class VI:
     flow_hidden: int = 32
     init_scale: float = 0.1
     init: Literal["prior", "map"] = "prior"
-    map_steps: int = 2000
-    map_learning_rate: float = 1e-2
-    map_lbfgs_steps: int = 200
+    map: MAPFit = map_field(adam_steps=2000, learning_rate=1e-2, lbfgs_steps=200)
     minibatch: Mapping[str, int] = field(default_factory=dict)
     convergence_tol: float = 1e-3
     checkpoint_dir: str | None = None
     checkpoint_every: int = 1000
+    map_steps: int | None = legacy("adam_steps")
+    map_learning_rate: float | None = legacy("learning_rate")
+    map_lbfgs_steps: int | None = legacy("lbfgs_steps")
 
     def __post_init__(self):
+        fold_legacy(self)
         low = {"num_steps": 1, "num_particles": 1, "num_samples": 1, "rank": 0}
-        low |= {"flow_layers": 1, "flow_hidden": 1, "map_steps": 0, "checkpoint_every": 1}
-        low["map_lbfgs_steps"] = 0
+        low |= {"flow_layers": 1, "flow_hidden": 1, "checkpoint_every": 1}
         for name, minimum in low.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -140,7 +151,7 @@ class VI:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"VI.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("learning_rate", "init_scale", "map_learning_rate", "convergence_tol"):
+        for name in ("learning_rate", "init_scale", "convergence_tol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"VI.{name} must be > 0, got {getattr(self, name)!r}")
         if not 0 < self.final_lr_fraction <= 1:
@@ -223,7 +234,7 @@ class VI:
         latent = {k: v for k, v in latent.items() if k in sites}
         draws = with_deterministics(program, latent, det_key)
         optimization = self._optimization_record(np.asarray(losses), start, map_verdict)
-        settings = dataclasses.asdict(self)
+        settings = settings_of(self)
         settings["minibatch"] = dict(self.minibatch)
         return Posterior(
             samples={k: np.asarray(v)[None] for k, v in draws.items()},
@@ -264,11 +275,9 @@ class VI:
         z, _, verdict = map_starts(
             pot.potential_fn,
             jax.tree.map(lambda x: x[None], pot.init(key)),
-            self.map_steps,
-            self.map_learning_rate,
-            self.map_lbfgs_steps,
+            self.map,
             phase="VI MAP initialisation",
-            hint="raise map_steps or map_lbfgs_steps (the guide still fits from this start)",
+            hint="raise map.adam_steps or map.lbfgs_steps (the guide still fits from this start)",
             shard=False,
         )
         z = jax.tree.map(lambda x: x[0], z)
@@ -306,9 +315,7 @@ class VI:
         )
 
     def _fingerprint(self, program: Program, key: PRNGKey) -> str:
-        settings = {
-            k: v for k, v in dataclasses.asdict(self).items() if k not in _CHECKPOINT_FIELDS
-        }
+        settings = {k: v for k, v in settings_of(self).items() if k not in _CHECKPOINT_FIELDS}
         digest = hashlib.sha256()
         for leaf in jax.tree.leaves((program.inputs, program.targets)):
             digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())

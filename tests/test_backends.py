@@ -23,6 +23,7 @@ from numpyro import handlers
 import ucsciml as uq
 from ucsciml import checkpoint, inference
 from ucsciml.config import ConfigError, resolve_config
+from ucsciml.inference import MAPFit
 
 NOISE_SD, PRIOR_SD = 0.5, 1.0
 
@@ -69,10 +70,10 @@ ACCURATE = {
     "vi-fullrank": inference.VI(guide="fullrank", **VI_FIT),
     "vi-normal": inference.VI(guide="normal", **VI_FIT),
     "laplace": inference.Laplace(
-        map_steps=300, learning_rate=0.05, lbfgs_steps=30, num_samples=20000
+        map=MAPFit(adam_steps=300, learning_rate=0.05, lbfgs_steps=30), num_samples=20000
     ),
     "ensemble-anchored": inference.DeepEnsemble(
-        num_members=4096, num_steps=0, lbfgs_steps=10, anchored=True
+        num_members=4096, map=MAPFit(adam_steps=0, lbfgs_steps=10), anchored=True
     ),
 }
 KIND = {"nuts": "mcmc", "vi": "variational", "laplace": "laplace", "ensemble": "ensemble"}
@@ -128,10 +129,12 @@ SMALL = {
     "vi-fullrank": (inference.VI(guide="fullrank", num_steps=50, num_samples=8), (1, 8)),
     "vi-flow": (inference.VI(guide="flow", num_steps=50, num_samples=8, flow_hidden=8), (1, 8)),
     "laplace-diagonal": (
-        inference.Laplace(map_steps=50, lbfgs_steps=0, num_samples=8, hessian="diagonal"),
+        inference.Laplace(
+            map=MAPFit(adam_steps=50, lbfgs_steps=0), num_samples=8, hessian="diagonal"
+        ),
         (1, 8),
     ),
-    "ensemble": (inference.DeepEnsemble(num_members=4, num_steps=50), (1, 4)),
+    "ensemble": (inference.DeepEnsemble(num_members=4, map=MAPFit(adam_steps=50)), (1, 4)),
 }
 
 
@@ -183,7 +186,8 @@ def test_lowrank_guide_runs(problem):
         (inference.VI, {"minibatch": {"obs": 0}}),
         (inference.VI, {"minibatch": ["obs"]}),
         (inference.Laplace, {"hessian": "kfac"}),
-        (inference.Laplace, {"map_steps": 0, "lbfgs_steps": 0}),
+        (inference.Laplace, {"map": {"adam_steps": 10}}),
+        (inference.DeepEnsemble, {"map": None}),
         (inference.Laplace, {"num_samples": 2.5}),
         (inference.DeepEnsemble, {"num_members": 0}),
         (inference.DeepEnsemble, {"anchored": "yes"}),
@@ -385,7 +389,7 @@ def test_ensemble_splits_over_four_devices(problem):
     if jax.device_count() < 4:
         pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=4")
     program = problem[0]
-    settings = dict(num_members=8, num_steps=300, learning_rate=0.05, lbfgs_steps=20)
+    settings = dict(num_members=8, map=MAPFit(adam_steps=300, learning_rate=0.05, lbfgs_steps=20))
     sharded = inference.DeepEnsemble(anchored=True, **settings).run(program, jax.random.key(0))
     single = inference.DeepEnsemble(anchored=True, shard=False, **settings).run(
         program, jax.random.key(0)

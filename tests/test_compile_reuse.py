@@ -19,7 +19,9 @@ def _program(seed: int) -> uq.Program:
 
 
 def test_ensemble_fits_compile_once_across_datasets():
-    backend = inference.DeepEnsemble(num_members=2, num_steps=20, lbfgs_steps=5, shard=False)
+    backend = inference.DeepEnsemble(
+        num_members=2, map=inference.MAPFit(adam_steps=20, lbfgs_steps=5), shard=False
+    )
     first = backend.run(_program(0), jax.random.key(0))
     misses = ensemble._map_fitter.cache_info().misses
     second = backend.run(_program(1), jax.random.key(0))

@@ -18,6 +18,7 @@ import ucsciml as uq
 from ucsciml import inference
 from ucsciml.convergence import combine, judge, verdicts_of
 from ucsciml.diagnostics import check
+from ucsciml.inference import MAPFit
 
 
 def test_the_end_point_decides_when_measured():
@@ -114,7 +115,7 @@ def unseen():
 
 def test_an_optimiser_stopped_early_gets_a_warning_verdict(unseen):
     program = unseen[0]
-    early = inference.DeepEnsemble(num_members=4, num_steps=5, lbfgs_steps=0)
+    early = inference.DeepEnsemble(num_members=4, map=MAPFit(adam_steps=5, lbfgs_steps=0))
     diag = check(early.run(program, jax.random.key(0)).to_datatree())
     assert diag.verdict == "warn"
     assert any("ensemble members: 4 of 4 did NOT converge" in m for m in diag.messages)
@@ -125,7 +126,7 @@ def test_an_optimiser_stopped_early_gets_a_warning_verdict(unseen):
 @pytest.mark.parametrize(
     "backend",
     [
-        inference.Laplace(map_steps=3, lbfgs_steps=0, num_samples=10),
+        inference.Laplace(map=MAPFit(adam_steps=3, lbfgs_steps=0), num_samples=10),
         # A constant rate: a decayed one flattens the ELBO before the optimum, which a loss
         # trace cannot tell from convergence (see ucsciml.convergence).
         inference.VI(
@@ -146,8 +147,7 @@ def test_an_unconverged_nuts_start_is_mentioned_not_failed(unseen):
         num_samples=300,
         num_chains=2,
         init="map",
-        map_steps=2,
-        map_lbfgs_steps=0,
+        map=MAPFit(adam_steps=2, lbfgs_steps=0),
         progress_bar=False,
     )
     diag = check(nuts.run(unseen[0], jax.random.key(0)).to_datatree())

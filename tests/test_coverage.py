@@ -44,7 +44,9 @@ hard_constraints = true
 
 [backend.ensemble]
 num_members = 2
-num_steps = 30
+
+[backend.ensemble.map]
+adam_steps = 30
 learning_rate = 0.003
 lbfgs_steps = 0
 

@@ -16,6 +16,7 @@ import xarray as xr
 import ucsciml as uq
 from ucsciml import inference
 from ucsciml.diagnostics import variance_decomposition
+from ucsciml.inference import MAPFit
 from ucsciml.inference.laplace import _check_finite
 
 # Bimodal toy: theta ~ N(0, PRIOR^2), y ~ N(theta^2, NOISE^2), y = Y. Its potential
@@ -37,7 +38,9 @@ def bimodal():
         bimodal_model, jnp.zeros(1), jnp.full(1, Y), dims={"y": ("obs",)}, name="bimodal"
     )
     backend = inference.Laplace(
-        map_steps=500, learning_rate=0.05, lbfgs_steps=30, num_samples=2000, num_modes=8
+        map=MAPFit(adam_steps=500, learning_rate=0.05, lbfgs_steps=30),
+        num_samples=2000,
+        num_modes=8,
     )
     return backend.run(program, jax.random.key(0))
 
@@ -47,7 +50,9 @@ def test_conjugate_regression_every_mode_is_the_exact_posterior(regression):
     sd = np.sqrt(np.diag(cov))
     num_samples = 4000
     posterior = inference.Laplace(
-        map_steps=2000, learning_rate=0.05, lbfgs_steps=0, num_samples=num_samples, num_modes=3
+        map=MAPFit(adam_steps=2000, learning_rate=0.05, lbfgs_steps=0),
+        num_samples=num_samples,
+        num_modes=3,
     ).run(program, jax.random.key(1))
     beta = posterior.samples["beta"]
     assert beta.shape == (3, num_samples, 3)
@@ -132,7 +137,9 @@ def test_diagnostics_report_modes_not_unmixed_chains(bimodal):
 
 def test_layout_attrs_and_determinism(regression):
     program = regression[0]
-    backend = inference.Laplace(map_steps=20, lbfgs_steps=0, num_samples=5, num_modes=2)
+    backend = inference.Laplace(
+        map=MAPFit(adam_steps=20, lbfgs_steps=0), num_samples=5, num_modes=2
+    )
     posterior = backend.run(program, jax.random.key(3))
     assert posterior.samples["beta"].shape == (2, 5, 3)
     tree = posterior.to_datatree()
@@ -159,5 +166,5 @@ def test_non_finite_modes_warn_unless_all_are(caplog):
     assert "modes [1] of 3" in caplog.text
     with pytest.raises(FloatingPointError, match="all 2 modes"):
         _check_finite(np.array([np.nan, np.inf]))
-    with pytest.raises(FloatingPointError, match="lower learning_rate"):
+    with pytest.raises(FloatingPointError, match="lower map.learning_rate"):
         _check_finite(np.array([np.nan]))

@@ -7,6 +7,7 @@ import pytest
 
 import ucsciml as uq
 from ucsciml import inference
+from ucsciml.inference import MAPFit
 
 SETTINGS = dict(num_warmup=300, num_samples=500, num_chains=4, progress_bar=False)
 
@@ -72,8 +73,7 @@ def test_map_initialisation_handles_constrained_sites():
         num_samples=100,
         num_chains=2,
         init="map",
-        map_steps=300,
-        map_lbfgs_steps=20,
+        map=MAPFit(adam_steps=300, lbfgs_steps=20),
         progress_bar=False,
     )
     draws = backend.run(program, jax.random.key(0)).samples["scale"]
@@ -100,7 +100,7 @@ def test_discrete_latents_are_rejected_before_compute():
         ({"engine": "stan"}, "engine"),
         ({"init": "zeros"}, "init"),
         ({"target_accept_prob": 1.0}, "target_accept_prob"),
-        ({"map_learning_rate": -1.0}, "map_learning_rate"),
+        ({"map": {"adam_steps": 10}}, "NUTS.map must be a MAPFit"),
     ],
 )
 def test_bad_settings(kwargs, match):
@@ -129,9 +129,7 @@ def test_subspace_sampling_matches_the_exact_conditional(engine):
         num_chains=4,
         engine=engine,
         init="map",
-        map_steps=2000,
-        map_learning_rate=0.05,
-        map_lbfgs_steps=50,
+        map=MAPFit(adam_steps=2000, learning_rate=0.05, lbfgs_steps=50),
         sample_sites=["a"],
         progress_bar=False,
     )

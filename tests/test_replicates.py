@@ -163,7 +163,9 @@ def test_fit_replicates_equals_exact_conjugate_posterior_modes():
         regression_model, X, y, dims={"beta": ("feature",), "y": ("obs",)}
     )
     targets = y[None] + np.random.default_rng(1).normal(size=(4, 40))
-    backend = inference.DeepEnsemble(num_steps=500, learning_rate=0.05, lbfgs_steps=50)
+    backend = inference.DeepEnsemble(
+        map=inference.MAPFit(adam_steps=500, learning_rate=0.05, lbfgs_steps=50)
+    )
     fitted = backend.fit_replicates(program, targets, jax.random.key(0))
     beta = np.asarray(fitted.samples["beta"])
     assert beta.shape == (1, 4, 3)
@@ -217,7 +219,9 @@ hard_constraints = true
 
 [backend.ensemble]
 num_members = 2
-num_steps = 300
+
+[backend.ensemble.map]
+adam_steps = 300
 learning_rate = 0.01
 lbfgs_steps = 50
 

@@ -18,7 +18,9 @@ TINY_STUDY = (
 num_steps = 60
 num_samples = 20
 init = "map"
-map_steps = 60
+
+[backend.vi.map]
+adam_steps = 60
 
 [backend.dropout]
 rate = 0.1

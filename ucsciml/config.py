@@ -5,6 +5,12 @@ naming the table and the allowed keys. Priors are tables such as
 ``{prior = "LogNormal", loc = -5.0, scale = 1.0, truth = 0.0032}`` built from a fixed list
 of NumPyro distributions: nothing in a case file is ever evaluated or executed.
 
+Two conventions of dataclass field metadata let a class shape its table without this module
+importing it: a field with ``metadata["table"]`` (a settings class, e.g. a backend's ``map``,
+:class:`ucsciml.inference.MAPFit`) is a sub-table such as ``[backend.nuts.map]``, checked
+key by key against that class; a field with ``metadata["deprecated"] = "map.adam_steps"`` is
+an old key, still accepted: it is moved to its new place with a logged deprecation warning.
+
 Example case::
 
     [case]
@@ -26,6 +32,10 @@ Example case::
 
     [backend.nuts]
     num_samples = 300
+    init = "map"
+
+    [backend.nuts.map]
+    adam_steps = 1000
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -43,6 +54,8 @@ import numpyro.distributions as dist
 from ucsciml import registry
 from ucsciml.pde.base import Unknown
 from ucsciml.replicates import CalibrationSettings
+
+log = logging.getLogger(__name__)
 
 PRIORS = {
     name: getattr(dist, name)
@@ -194,8 +207,12 @@ def build(table: dict[str, Any], kind: str, **extra: Any) -> Any:
     tables = {"pde": registry.PDES, "model": registry.MODELS, "backend": registry.BACKENDS}
     settings = dict(table)
     cls = registry.resolve(tables[kind], settings.pop("name"), kind)
+    sub_tables = {f.name: f.metadata["table"] for f in _table_fields(cls)}
     kwargs = {k: build_prior(v) if _is_prior(v) else v for k, v in settings.items()}
     try:
+        for key, sub in sub_tables.items():
+            if isinstance(kwargs.get(key), dict):
+                kwargs[key] = sub(**kwargs[key])
         return cls(**kwargs, **extra)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"[{kind}]: {err}") from None
@@ -233,10 +250,16 @@ def _resolve_object(table, names, kind, source, skip):
     except ValueError as err:
         raise ConfigError(f"{source}: [{kind}] {err}") from None
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in skip}
-    _only(table, ("name", *fields), f"[{kind}]", source)
+    current = [k for k, f in fields.items() if "deprecated" not in f.metadata]
+    _only(table, ("name", *fields), f"[{kind}]", source, shown=("name", *current))
+    table = _move_deprecated(table, fields, kind, source)
     out = {"name": table["name"]}
     for key, f in fields.items():
-        if key in table:
+        if "deprecated" in f.metadata:
+            continue
+        if "table" in f.metadata:
+            out[key] = _resolve_sub_table(table.get(key, {}), f, f"{kind}.{key}", source)
+        elif key in table:
             value = table[key]
             if _is_prior(value):
                 _check_prior_spec(value, f"[{kind}] {key}", source)
@@ -244,6 +267,68 @@ def _resolve_object(table, names, kind, source, skip):
         elif f.default is not dataclasses.MISSING:
             out[key] = _plain(f.default)
     return out
+
+
+def _table_fields(cls) -> list[dataclasses.Field]:
+    """The fields of ``cls`` written as sub-tables (``metadata["table"]``)."""
+    if not dataclasses.is_dataclass(cls):
+        return []
+    return [f for f in dataclasses.fields(cls) if "table" in f.metadata]
+
+
+def _move_deprecated(table, fields, kind, source):
+    """``table`` with its deprecated keys moved to their new places (``metadata["deprecated"]
+    = "map.adam_steps"``: key ``adam_steps`` of sub-table ``map``), logged as one warning per
+    sub-table that names the old keys and the new spelling."""
+    table = dict(table)
+    moved: dict[str, list[tuple[str, str, Any]]] = {}
+    for key, f in fields.items():
+        new = f.metadata.get("deprecated")
+        if new is None or key not in table:
+            continue
+        parent, sub = new.split(".", 1)
+        moved.setdefault(parent, []).append((key, sub, table.pop(key)))
+    for parent, items in moved.items():
+        log.warning(
+            "%s: [%s] %s %s deprecated; write %s in a [%s.%s] table: %s",
+            source,
+            kind,
+            ", ".join(key for key, _, _ in items),
+            "is" if len(items) == 1 else "are",
+            "it" if len(items) == 1 else "them",
+            kind,
+            parent,
+            ", ".join(f"{sub} = {value!r}" for _, sub, value in items),
+        )
+        nested = table.get(parent, {})
+        if not isinstance(nested, dict):
+            continue  # _resolve_sub_table reports it
+        twice = [(key, sub) for key, sub, _ in items if sub in nested]
+        if twice:
+            key, sub = twice[0]
+            raise ConfigError(
+                f"{source}: [{kind}] sets {key} (deprecated) and [{kind}.{parent}] sets {sub}: "
+                f"the same setting twice; keep only [{kind}.{parent}] {sub}"
+            )
+        table[parent] = {**nested, **{sub: value for _, sub, value in items}}
+    return table
+
+
+def _resolve_sub_table(value, f, where, source):
+    """A sub-table (``[backend.nuts.map]``): its keys checked against the settings class in
+    ``f.metadata["table"]``, the rest filled from the field's default, the values checked by
+    building the settings."""
+    cls = f.metadata["table"]
+    allowed = [g.name for g in dataclasses.fields(cls)]
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{source}: [{where}] must be a table with keys from {allowed}, got {value!r}"
+        )
+    _only(value, allowed, f"[{where}]", source)
+    try:
+        return dataclasses.asdict(cls(**{**dataclasses.asdict(f.default), **value}))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: [{where}] {err}") from None
 
 
 def _plain(value):
@@ -267,11 +352,14 @@ def _check_prior_spec(value, where, source):
         raise ConfigError(f"{source}: {where}: {err}") from None
 
 
-def _only(table, allowed, where, source):
+def _only(table, allowed, where, source, shown=None):
+    """Raise for keys of ``table`` outside ``allowed``, listing ``shown`` (default: all
+    allowed; deprecated keys are accepted but not advertised)."""
     unknown = sorted(set(table) - set(allowed))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}"
+            f"{source}: unknown key(s) {unknown} in {where}; "
+            f"allowed: {sorted(allowed if shown is None else shown)}"
         )
 
 
