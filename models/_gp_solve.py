@@ -28,6 +28,7 @@ References:
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -39,6 +40,7 @@ from jax.scipy.linalg import cho_solve, cholesky, solve_triangular
 from jax.scipy.sparse.linalg import cg
 
 from ucsciml._types import Array, PRNGKey
+from ucsciml.models import _gp_observe as _observe
 from ucsciml.models import _kron
 from ucsciml.models import _spectral_kernels as sk
 
@@ -49,11 +51,20 @@ logger = logging.getLogger(__name__)
 
 
 class LinearGaussian(NamedTuple):
-    """The whitened linear-Gaussian system of the grid values given the hyper-parameters."""
+    """The whitened linear-Gaussian system of the grid values given the hyper-parameters.
+
+    Attributes:
+        chols: per-axis Cholesky factors ``L_j`` of the grid covariance.
+        g_fn: ``z -> G z``, rows scaled to unit noise.
+        y: the scaled observations (boundary data, sensors, minus the residual's offset).
+        log_scale: ``sum log s_i`` of the row scales ``s_i`` (inverse noise sds), so that
+            :func:`log_evidence` is the density of the unscaled observations.
+    """
 
     chols: list
     g_fn: Callable[[Array], Array]
     y: Array
+    log_scale: Array = 0.0
 
 
 class SpectralGPFit(NamedTuple):
@@ -79,25 +90,162 @@ class SpectralGPFit(NamedTuple):
     cg_relres: Array
 
 
-def linear_system(model, sites: dict, inputs: dict, targets: Array) -> LinearGaussian:
-    """Build :class:`LinearGaussian` for ``model`` at hyper-parameter ``sites``."""
-    chols, operators = model.factors(model.kernel_params(sites))
+def linear_system(
+    model, sites: dict, inputs: dict, targets: Array | None = None, *, physics_only: bool = False
+) -> LinearGaussian:
+    r"""Build :class:`LinearGaussian` for ``model`` at hyper-parameter ``sites``.
+
+    Rows, each scaled to unit noise: Dirichlet data at ``inputs["boundary_index"]`` (values
+    ``inputs["boundary_values"]``, or ``targets`` for the benchmark program) with precision
+    :math:`\lambda_b\tau_1`; scattered sensors when ``inputs`` has ``sensor_points``
+    (values ``sensor_values``, noise sd ``sensor_noise`` or ``exp(sites["log_noise"])``), read
+    off the grid by :func:`ucsciml.models._gp_observe.observe` with the grid's interpolation
+    variance added to the noise; the PDE residual at every grid point with precision
+    :math:`\tau_2`. ``physics_only`` keeps the residual rows alone (the physics-conditioned
+    prior whose evidence :func:`ucsciml.models._gp_evidence.data_evidence` divides out).
+    """
+    kparams = model.kernel_params(sites)
+    chols, operators = model.factors(kparams)
     params = model.pde_params(sites)
-    scale_b = jnp.sqrt(model.boundary_weight * jnp.exp(sites["log_tau1"]))
-    scale_r = jnp.sqrt(jnp.exp(sites["log_tau2"]))
     source = inputs["source"]
     zero = jnp.zeros(model.grid, source.dtype)
     offset = model.grid_residual(operators, zero, source, params)
+    scale_r = jnp.exp(0.5 * sites["log_tau2"])
+    rows, ys, log_scale = [], [], offset.size * jnp.log(scale_r)
+    boundary = inputs["boundary_index"]
+    if boundary.shape[0] and not physics_only:
+        scale_b = jnp.sqrt(model.boundary_weight * jnp.exp(sites["log_tau1"]))
+        values = inputs.get("boundary_values", targets)
+        rows.append(lambda z, u: scale_b * u.ravel()[boundary])
+        ys.append(scale_b * values)
+        log_scale = log_scale + boundary.shape[0] * jnp.log(scale_b)
+    if "sensor_points" in inputs and not physics_only:
+        weights, interp = sensor_weights(model, kparams, chols, inputs["sensor_points"])
+        noise = inputs["sensor_noise"] if "sensor_noise" in inputs else jnp.exp(sites["log_noise"])
+        inv_sd = 1.0 / jnp.sqrt(noise**2 + interp)
+        rows.append(lambda z, u: inv_sd * _observe.observe(weights, z))
+        ys.append(inv_sd * inputs["sensor_values"])
+        log_scale = log_scale + jnp.sum(jnp.log(inv_sd))
 
     def g_fn(z):
         u = _kron.kron_matvec(chols, z)
         res = model.grid_residual(operators, u, source, params) - offset
-        return jnp.concatenate(
-            [scale_b * u.ravel()[inputs["boundary_index"]], scale_r * res.ravel()]
-        )
+        return jnp.concatenate([*(row(z, u) for row in rows), scale_r * res.ravel()])
 
-    y = jnp.concatenate([scale_b * targets, -scale_r * offset.ravel()])
-    return LinearGaussian(chols, g_fn, y)
+    y = jnp.concatenate([*ys, -scale_r * offset.ravel()])
+    return LinearGaussian(chols, g_fn, y, log_scale)
+
+
+class NormalEquations(NamedTuple):
+    r""":math:`G^\top G`, :math:`G^\top y`, :math:`y^\top y`, the number of rows and
+    :math:`\sum_i \log s_i` of a whitened system: all the dense evidence needs."""
+
+    gtg: Array
+    gty: Array
+    yty: Array
+    rows: int
+    log_scale: Array
+
+
+def normal_from_system(system: LinearGaussian, shape) -> NormalEquations:
+    """:class:`NormalEquations` of ``system`` through ``jacfwd`` of its ``g_fn`` (reference)."""
+    size = math.prod(shape)
+    gmat = jax.jacfwd(lambda v: system.g_fn(v.reshape(shape)))(jnp.zeros(size, system.y.dtype))
+    y = system.y
+    return NormalEquations(gmat.T @ gmat, gmat.T @ y, y @ y, y.shape[0], system.log_scale)
+
+
+def normal_equations(model, sites: dict, inputs: dict) -> tuple[NormalEquations, NormalEquations]:
+    r"""The normal equations of the residual rows alone and of every row, from the Kronecker
+    structure of :func:`linear_system` (dense grids), never forming the residual rows.
+
+    With per-axis whitened operators :math:`B_j^{(m)} = D_j^{(m)} L_j^{-\top}` and the
+    residual's coefficient :math:`c_k` of each derivative (a PDE residual is a pointwise
+    function of the derivatives, so an affine one has the same coefficients everywhere), the
+    residual block is
+
+    .. math::
+        \tau_2 \sum_{k,l} c_k c_l \bigotimes_j B_j^{(m_{kj})\top} B_j^{(m_{lj})},
+
+    :math:`O(N^2)` per pair instead of :math:`O(M N^2)` for :math:`M` collocation points;
+    sensor rows (Khatri–Rao rows over their noise sd) and boundary rows (of
+    :math:`\otimes_j L_j`) are formed densely and added. Equal to :func:`normal_from_system`
+    of ``linear_system(..., physics_only=True)`` and of ``linear_system(...)``."""
+    kparams = model.kernel_params(sites)
+    chols, operators = model.factors(kparams)
+    params = model.pde_params(sites)
+    coeffs = residual_coefficients(model, params)
+    whitened = model.whitened_operators(kparams, chols)
+    orders = model.derivative_orders()
+    log_tau2 = sites["log_tau2"]
+    tau2 = jnp.exp(log_tau2)
+    source = inputs["source"]
+    offset = model.grid_residual(operators, jnp.zeros(model.grid, source.dtype), source, params)
+    gtg = tau2 * sum(
+        coeffs[k]
+        * coeffs[l]
+        * _kron.kron_dense(
+            [ops[a].T @ ops[b] for ops, a, b in zip(whitened, orders[k], orders[l], strict=True)]
+        )
+        for k in range(len(orders))
+        for l in range(len(orders))  # noqa: E741
+    )
+    gty = (
+        -tau2
+        * sum(
+            c * _kron.kron_matvec([ops[m].T for ops, m in zip(whitened, o, strict=True)], offset)
+            for c, o in zip(coeffs, orders, strict=True)
+        ).ravel()
+    )
+    physics = NormalEquations(
+        gtg, gty, tau2 * jnp.sum(offset**2), offset.size, 0.5 * offset.size * log_tau2
+    )
+    rows, ys, log_scale = [], [], physics.log_scale
+    boundary = inputs["boundary_index"]
+    if boundary.shape[0]:
+        scale_b = jnp.sqrt(model.boundary_weight * jnp.exp(sites["log_tau1"]))
+        rows.append(scale_b * _kron.kron_dense(chols)[boundary])
+        ys.append(scale_b * inputs["boundary_values"])
+        log_scale = log_scale + boundary.shape[0] * jnp.log(scale_b)
+    if "sensor_points" in inputs:
+        weights, interp = sensor_weights(model, kparams, chols, inputs["sensor_points"])
+        noise = inputs["sensor_noise"] if "sensor_noise" in inputs else jnp.exp(sites["log_noise"])
+        inv_sd = 1.0 / jnp.sqrt(noise**2 + interp)
+        dense = weights[0]
+        for w in weights[1:]:
+            dense = (dense[:, :, None] * w[:, None, :]).reshape(dense.shape[0], -1)
+        rows.append(dense * inv_sd[:, None])
+        ys.append(inputs["sensor_values"] * inv_sd)
+        log_scale = log_scale + jnp.sum(jnp.log(inv_sd))
+    yty, count = physics.yty, physics.rows
+    for row, y in zip(rows, ys, strict=True):
+        gtg = gtg + row.T @ row
+        gty = gty + row.T @ y
+        yty = yty + y @ y
+        count += y.shape[0]
+    return physics, NormalEquations(gtg, gty, yty, count, log_scale)
+
+
+def residual_coefficients(model, params: dict) -> Array:
+    """``d residual / d derivative`` for each of the PDE's derivatives (an affine residual)."""
+    names = model.pde.derivatives
+
+    def one_point(values):
+        derivs = {n: values[i][None] for i, n in enumerate(names)}
+        derivs["f"] = jnp.zeros(1, values.dtype)
+        return model.pde.residual(derivs, params)[0]
+
+    return jax.grad(one_point)(jnp.zeros(len(names)))
+
+
+def sensor_weights(model, kparams, chols, points: Array) -> tuple[list, Array]:
+    """Per-axis whitened weights at ``points`` (``(S, d)``) and the interpolation variance."""
+    weights = [
+        _observe.axis_weights(model.kernel, p, chol, jnp.asarray(axis), points[:, j])
+        for j, (p, chol, axis) in enumerate(zip(kparams, chols, model.axes(), strict=True))
+    ]
+    k0 = [sk.kernel(model.kernel, p, jnp.zeros(())) for p in kparams]
+    return weights, _observe.interpolation_variance(weights, k0)
 
 
 def solve_dense(system: LinearGaussian, shape) -> tuple[Array, Array]:
@@ -269,12 +417,11 @@ def _test_weights(model, theta, axes_test):
     """``W_j = k_j(x*_j, X_j) L_j^{-T}`` and ``k_j(0)`` per axis."""
     kparams = model.kernel_params(theta)
     chols, _ = model.factors(kparams)
-    weights, k0 = [], []
-    for xs, x, p, chol in zip(axes_test, model.axes(), kparams, chols, strict=True):
-        cross = sk.gram(model.kernel, p, jnp.asarray(xs), jnp.asarray(x))
-        weights.append(solve_triangular(chol, cross.T, lower=True).T)
-        k0.append(sk.kernel(model.kernel, p, jnp.zeros(())))
-    return weights, k0
+    weights = [
+        _observe.axis_weights(model.kernel, p, chol, jnp.asarray(x), jnp.asarray(xs))
+        for xs, x, p, chol in zip(axes_test, model.axes(), kparams, chols, strict=True)
+    ]
+    return weights, [sk.kernel(model.kernel, p, jnp.zeros(())) for p in kparams]
 
 
 def predict(

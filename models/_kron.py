@@ -96,5 +96,8 @@ def orders_from_name(name: str, coords: Sequence[str]) -> tuple[int, ...]:
 def grid_derivative(
     operators: Sequence[dict[int, Array]], orders: Sequence[int], u: Array
 ) -> Array:
-    r"""Mixed grid derivative :math:`U \times_j (D_j^{(m_j)} C_j^{-1})` for orders ``m_j``."""
-    return kron_matvec([ops[m] if m else None for ops, m in zip(operators, orders, strict=True)], u)
+    r"""Mixed grid derivative :math:`U \times_j (D_j^{(m_j)} C_j^{-1})` for orders ``m_j``
+    (order 0 is the identity unless ``operators`` holds an interpolation operator for it)."""
+    return kron_matvec(
+        [ops[m] if m or m in ops else None for ops, m in zip(operators, orders, strict=True)], u
+    )

@@ -40,6 +40,8 @@ KINDS = ("student_t", "gaussian", "matern", "se")
 ENVELOPE = {"student_t": "matern", "gaussian": "se", "matern": "matern", "se": "se"}
 #: Kinds with a cosine factor (a spectral mixture).
 MIXTURES = ("student_t", "gaussian")
+#: Fewer grid points than this per period of the highest frequency cannot resolve it.
+MIN_POINTS_PER_PERIOD = 3.0
 
 
 class KernelParams(NamedTuple):

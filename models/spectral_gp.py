@@ -28,21 +28,23 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from jax.scipy.linalg import cholesky
-from numpyro.distributions import constraints
+from jax.scipy.linalg import cholesky, solve_triangular
 
 from ucsciml._types import Array
 from ucsciml.models import _kron
 from ucsciml.models import _spectral_kernels as sk
+from ucsciml.models._gp_program import BOUNDARY, COLLOCATION, FlatAt, compile_sensors
 from ucsciml.models._gp_solve import SpectralGPFit, fit, posterior_draws, predict
-from ucsciml.pde.base import Unknown
+from ucsciml.pde.base import AbstractPDE, Unknown
 from ucsciml.pde.manufactured import AbstractManufacturedPDE
 from ucsciml.program import Program
 
@@ -55,8 +57,7 @@ __all__ = [
     "predict",
 ]
 
-#: Fewer grid points than this per period of the highest frequency cannot resolve it.
-MIN_POINTS_PER_PERIOD = 3.0
+MIN_POINTS_PER_PERIOD = sk.MIN_POINTS_PER_PERIOD
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +70,10 @@ class SpectralGP:
     ``residual`` (pseudo-observation of zero); ``tau1``, ``tau2`` deterministic.
 
     Args:
-        pde: a PDE with a manufactured solution (:class:`ucsciml.pde.manufactured.AbstractManufacturedPDE`).
+        pde: the PDE (the same objects the B-PINN takes). Sensor data work with any PDE
+            that is linear in ``u`` for the exact solve; the benchmark program without data
+            needs a manufactured solution
+            (:class:`ucsciml.pde.manufactured.AbstractManufacturedPDE`).
         grid: points per coordinate (uniform, endpoints included).
         kernel: ``"student_t"`` (Matérn-5/2 envelope), ``"gaussian"`` (SE envelope),
             or the baselines ``"matern"``, ``"se"`` (no cosine, one component).
@@ -81,6 +85,20 @@ class SpectralGP:
         boundary_weight: :math:`\lambda_b`.
         jitter: added to each :math:`C_j`'s diagonal, relative to :math:`k_j(0)`.
         tau_prior_scale: sd of the Normal(0, s) priors on ``log_tau1`` and ``log_tau2``.
+        forcing: the PDE's right-hand side on the grid: a number, a callable of ``(N, d)``
+            points, or a grid-shaped array; default: a manufactured PDE's source, else 0.
+        boundary: Dirichlet rows on the PDE's faces: ``"solution"`` (the PDE's reference
+            solution there), ``"none"``, or ``"auto"`` (``"none"`` with sensor data, which
+            pin the solution; ``"solution"`` for the benchmark program).
+        noise_std: known sensor noise sd; default: the data's ``noise_std``, else a latent
+            ``log_noise`` site.
+        fit_steps, fit_learning_rate, fit_lbfgs_steps: the type-II MAP fit of the kernel
+            (Adam then L-BFGS on the exact log evidence) that ``compile(data)`` runs.
+        collocation: where the PDE residual is imposed: ``"grid"`` (Fang et al.), or
+            ``"midpoints"`` (the grid and its midpoints, about ``2^d`` times as many
+            equations as grid values, so the residual cannot be met exactly and its fitted
+            precision measures the grid's discretisation error instead of growing without
+            bound); ``"auto"``: midpoints with sensor data, the grid without.
 
     Example:
         >>> import ucsciml as uq
@@ -94,7 +112,9 @@ class SpectralGP:
         Processes, ICLR 2024.
     """
 
-    pde: AbstractManufacturedPDE
+    needs_float64: ClassVar[bool] = True
+
+    pde: AbstractPDE
     grid: tuple[int, ...]
     kernel: str = "student_t"
     num_components: int = 30
@@ -102,12 +122,19 @@ class SpectralGP:
     boundary_weight: float = 1.0
     jitter: float = 1e-8
     tau_prior_scale: float = 10.0
+    forcing: float | Callable[[np.ndarray], np.ndarray] | np.ndarray | None = None
+    boundary: str = "auto"
+    noise_std: float | None = None
+    fit_steps: int = 1000
+    fit_learning_rate: float = 1e-2
+    fit_lbfgs_steps: int = 300
+    collocation: str = "auto"
 
     def __post_init__(self):
-        if not isinstance(self.pde, AbstractManufacturedPDE):
+        if not isinstance(self.pde, AbstractPDE):
             raise TypeError(
-                "SpectralGP.pde must be a PDE with a manufactured solution "
-                f"(ucsciml.pde.manufactured.AbstractManufacturedPDE), got {type(self.pde).__name__}"
+                "SpectralGP.pde must be a ucsciml PDE (ucsciml.pde.AbstractPDE), got "
+                f"{type(self.pde).__name__}"
             )
         grid = tuple(self.grid) if isinstance(self.grid, tuple | list) else (self.grid,)
         if len(grid) != len(self.pde.coords) or any(
@@ -124,9 +151,28 @@ class SpectralGP:
             raise ValueError(
                 f"SpectralGP.num_components must be a positive integer, got {self.num_components!r}"
             )
-        for name in ("boundary_weight", "jitter", "tau_prior_scale"):
+        for name in ("boundary_weight", "jitter", "tau_prior_scale", "fit_learning_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SpectralGP.{name} must be > 0, got {getattr(self, name)}")
+        if self.boundary not in BOUNDARY:
+            raise ValueError(
+                f"SpectralGP.boundary must be one of {BOUNDARY}, got {self.boundary!r}"
+            )
+        if self.collocation not in COLLOCATION:
+            raise ValueError(
+                f"SpectralGP.collocation must be one of {COLLOCATION}, got {self.collocation!r}"
+            )
+        if self.noise_std is not None and not self.noise_std > 0:
+            raise ValueError(
+                f"SpectralGP.noise_std must be > 0 (or None: the data's, else latent), "
+                f"got {self.noise_std}"
+            )
+        for name in ("fit_steps", "fit_lbfgs_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"SpectralGP.{name} must be an integer >= 0, got {value!r}")
+        if self.fit_steps + self.fit_lbfgs_steps == 0:
+            raise ValueError("SpectralGP.fit_steps and fit_lbfgs_steps cannot both be 0")
         for c, f, h in zip(self.pde.coords, self.frequencies(), self.spacings(), strict=True):
             if f * h * MIN_POINTS_PER_PERIOD > 1.0 + 1e-9:
                 warnings.warn(
@@ -170,10 +216,17 @@ class SpectralGP:
         mesh = np.meshgrid(*self.axes(), indexing="ij")
         return np.stack([m.ravel() for m in mesh], axis=-1)
 
+    def faces(self) -> tuple[str, ...]:
+        """Faces with Dirichlet data: the PDE's own list, else every face."""
+        faces = getattr(self.pde, "faces", None)
+        if callable(faces):
+            return tuple(faces())
+        return tuple(f"{c}{s}" for c in self.pde.coords for s in "-+")
+
     def boundary_indices(self) -> np.ndarray:
         """Flat indices of grid points on the PDE's Dirichlet faces."""
         mask = np.zeros(self.grid, dtype=bool)
-        for face in self.pde.faces():
+        for face in self.faces():
             axis = self.pde.coords.index(face[0])
             index = [slice(None)] * len(self.grid)
             index[axis] = 0 if face[1] == "-" else -1
@@ -209,39 +262,124 @@ class SpectralGP:
             out.append(sk.KernelParams(eta, mu, sites[f"log_ell_{c}"]))
         return tuple(out)
 
+    def collocation_axes(self) -> tuple[np.ndarray, ...]:
+        """Where the PDE residual is imposed, per axis: the grid itself (``"grid"``, and
+        ``"auto"`` until :meth:`compile` resolves it) or the grid with its midpoints
+        (``"midpoints"``, ``2 n - 1`` points)."""
+        if self.collocation == "midpoints":
+            return tuple(np.linspace(a[0], a[-1], 2 * a.size - 1) for a in self.axes())
+        return self.axes()
+
     def factors(self, kparams: tuple[sk.KernelParams, ...]):
-        """Cholesky factors ``L_j`` and derivative operators ``{m: D_j^(m) C_j^-1}`` per axis."""
+        r"""Cholesky factors ``L_j`` and derivative operators ``{m: D_j^(m) C_j^-1}`` per axis.
+
+        :math:`D^{(m)}_{ik} = \partial^m k(x'_i, x_k)` from the grid to the collocation
+        points :math:`x'` (:meth:`collocation_axes`); on the grid itself order 0 is the
+        identity and is left out.
+        """
+        on_grid = self.collocation != "midpoints"
         needed = [
             {
                 m
                 for name in self.pde.derivatives
                 for m in [_kron.orders_from_name(name, self.pde.coords)[j]]
-                if m
+                if m or not on_grid
             }
             for j in range(len(self.grid))
         ]
         chols, operators = [], []
-        for n, h, p, orders in zip(self.grid, self.spacings(), kparams, needed, strict=True):
+        for n, h, p, orders, x, xc in zip(
+            self.grid,
+            self.spacings(),
+            kparams,
+            needed,
+            self.axes(),
+            self.collocation_axes(),
+            strict=True,
+        ):
             c = sk.toeplitz_gram(self.kernel, p, n, h)
             c = c + self.jitter * sk.kernel(self.kernel, p, jnp.zeros(())) * jnp.eye(n)
             chol = cholesky(c, lower=True)
             chols.append(chol)
-            operators.append(
-                {
-                    m: _kron.derivative_operator(sk.toeplitz_gram(self.kernel, p, n, h, m), chol)
-                    for m in orders
-                }
-            )
+
+            def cross(m, n=n, h=h, p=p, x=x, xc=xc):
+                if on_grid:
+                    return sk.toeplitz_gram(self.kernel, p, n, h, m)
+                return sk.gram(self.kernel, p, jnp.asarray(xc), jnp.asarray(x), m)
+
+            operators.append({m: _kron.derivative_operator(cross(m), chol) for m in orders})
         return chols, operators
 
+    def derivative_orders(self) -> list[tuple[int, ...]]:
+        """Per-axis orders of each of the PDE's derivatives, in its order."""
+        return [_kron.orders_from_name(n, self.pde.coords) for n in self.pde.derivatives]
+
+    def whitened_operators(self, kparams, chols) -> list[dict[int, Array]]:
+        r"""Per axis ``{m: D_j^(m) L_j^{-T}}`` for every order the residual needs, order 0
+        included (the grid to its collocation points, in whitened coordinates ``u = L z``)."""
+        axes, colloc = self.axes(), self.collocation_axes()
+        out = []
+        for j, (p, chol) in enumerate(zip(kparams, chols, strict=True)):
+            orders = {o[j] for o in self.derivative_orders()}
+            ops = {}
+            for m in orders:
+                if m == 0 and self.collocation != "midpoints":
+                    ops[m] = chol
+                    continue
+                cross = sk.gram(self.kernel, p, jnp.asarray(colloc[j]), jnp.asarray(axes[j]), m)
+                ops[m] = solve_triangular(chol, cross.T, lower=True).T
+            out.append(ops)
+        return out
+
     def grid_residual(self, operators, u: Array, source: Array, params: dict) -> Array:
-        """PDE residual on the grid from grid values ``u``."""
+        """PDE residual on the grid from grid values ``u`` and the forcing ``source``.
+
+        A manufactured PDE takes the forcing inside its residual (``L[u] - f``); for any other
+        PDE the residual is ``pde.residual(...) - source``.
+        """
         derivs = {
             name: _kron.grid_derivative(operators, _kron.orders_from_name(name, self.pde.coords), u)
             for name in self.pde.derivatives
         }
-        derivs["f"] = source
-        return self.pde.residual(derivs, params)
+        if isinstance(self.pde, AbstractManufacturedPDE):
+            derivs["f"] = source
+            return self.pde.residual(derivs, params)
+        return self.pde.residual(derivs, params) - source
+
+    def forcing_on_grid(self) -> np.ndarray:
+        """The forcing at the collocation points (:meth:`collocation_axes`), shaped as their
+        tensor grid: ``forcing`` (a number, a callable of ``(N, d)`` points or an array of that
+        shape), else a manufactured PDE's source, else 0."""
+        axes = self.collocation_axes()
+        shape = tuple(a.size for a in axes)
+        pts = np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=-1)
+        value = self.forcing
+        if value is None:
+            if isinstance(self.pde, AbstractManufacturedPDE):
+                return np.asarray(self.pde.source(pts), np.float64).reshape(shape)
+            return np.zeros(shape)
+        if callable(value):
+            out = np.asarray(value(pts), np.float64)
+            if out.shape not in ((pts.shape[0],), shape):
+                raise ValueError(
+                    f"SpectralGP.forcing(points) must return one value per collocation point "
+                    f"({pts.shape[0]}), got shape {out.shape}"
+                )
+            out = out.reshape(shape)
+        else:
+            out = np.asarray(value, np.float64)
+            if out.ndim == 0:
+                out = np.full(shape, float(out))
+            elif out.shape != shape:
+                raise ValueError(
+                    f"SpectralGP.forcing as an array must have the collocation grid's shape "
+                    f"{shape} (collocation={self.collocation!r}), got {out.shape}; give a "
+                    "callable of (N, d) points instead, or collocation='grid' for an array on "
+                    "the grid"
+                )
+        if not np.all(np.isfinite(out)):
+            raise ValueError("SpectralGP.forcing has NaN or infinite values")
+        return out
 
     def pde_params(self, sites: dict[str, Array]) -> dict[str, Array]:
         """PDE parameter values (numbers, or site values for unknowns)."""
@@ -254,22 +392,28 @@ class SpectralGP:
         """Compile to a :class:`~ucsciml.Program`.
 
         Args:
-            data: ``None``: the Dirichlet data are the PDE's manufactured solution at the
-                boundary grid points (sensor data off the grid do not fit the grid model).
+            data: sensor data (:func:`ucsciml.data.sensors`): the field is marginalised
+                exactly and the program's latent sites are the PDE's unknowns and the noise
+                precisions, with the kernel fitted by type-II MAP at compile time
+                (:func:`ucsciml.models._gp_program.compile_sensors`; needs float64 enabled).
+                ``None``: the benchmark program of Fang et al. with the grid values as a
+                site and Dirichlet data from the PDE's manufactured solution.
 
         Returns:
-            The Program; its ``inputs`` hold the forcing on the grid and the boundary indices,
-            its ``targets`` the boundary values.
+            The Program. Without data its ``inputs`` hold the forcing on the grid and the
+            boundary indices, its ``targets`` the boundary values.
         """
         if data is not None:
+            return compile_sensors(self, data)
+        if not isinstance(self.pde, AbstractManufacturedPDE):
             raise ValueError(
-                "SpectralGP takes its Dirichlet data from the PDE's solution at the grid "
-                "boundary; call compile() or compile(None)"
+                f"SpectralGP.compile() without data needs a PDE with a manufactured solution; "
+                f"{type(self.pde).__name__} has none: pass sensor data, compile(data)"
             )
         with jax.enable_x64(True):
             pts = self.points()
             inputs = {
-                "source": jnp.asarray(self.pde.source(pts), jnp.float64).reshape(self.grid),
+                "source": jnp.asarray(self.forcing_on_grid(), jnp.float64),
                 "boundary_index": jnp.asarray(self.boundary_indices()),
             }
             targets = jnp.asarray(self.pde.solve(pts[self.boundary_indices()]))
@@ -330,30 +474,6 @@ class SpectralGP:
             )
 
         return model
-
-
-class FlatAt(dist.Distribution):
-    """Improper flat density on the reals (log density 0) whose ``sample`` returns ``value``.
-
-    The GP-HM sites have flat priors (on ``eta`` this is the Jeffreys prior on ``w = e^eta``).
-    NumPyro's ``ImproperUniform`` cannot be sampled, so seeded traces and
-    ``init_to_sample`` would fail; returning the model's deterministic starting value instead
-    makes every backend start where the paper does. Posterior propriety over these sites is not
-    guaranteed (a pruned component's ``eta`` is unbounded below): use MAP, or NUTS on a
-    program with proper priors.
-    """
-
-    support = constraints.real_vector
-
-    def __init__(self, value: Array):
-        self.value = jnp.asarray(value)
-        super().__init__(batch_shape=(), event_shape=self.value.shape)
-
-    def sample(self, key, sample_shape=()):
-        return jnp.broadcast_to(self.value, sample_shape + self.value.shape)
-
-    def log_prob(self, value):
-        return jnp.zeros(jnp.shape(value)[: jnp.ndim(value) - len(self.event_shape)])
 
 
 def points_per_period(model: SpectralGP, frequency: float) -> tuple[float, ...]:

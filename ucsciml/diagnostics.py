@@ -223,14 +223,18 @@ def check(tree: xr.DataTree) -> Diagnostics:
 
 
 def _optimization_verdicts(tree: xr.DataTree) -> list[dict[str, Any]]:
-    """The convergence verdicts the backend stored (``ucsciml.convergence``); empty for
+    """The convergence verdicts the model stored at compile time (a fit inside ``compile``,
+    e.g. a GP's kernel) and those the backend stored (``ucsciml.convergence``); empty for
     trees written before verdicts existed or by other tools."""
-    raw = tree.attrs.get("ucsciml_attrs")
-    try:
-        attrs = json.loads(raw) if isinstance(raw, str) else (raw or {})
-    except json.JSONDecodeError:
-        return []
-    return verdicts_of(attrs.get("optimization") if isinstance(attrs, dict) else None)
+    out = []
+    for name in ("ucsciml_program_attrs", "ucsciml_attrs"):
+        raw = tree.attrs.get(name)
+        try:
+            attrs = json.loads(raw) if isinstance(raw, str) else (raw or {})
+        except json.JSONDecodeError:
+            continue
+        out += verdicts_of(attrs.get("optimization") if isinstance(attrs, dict) else None)
+    return out
 
 
 def variance_decomposition(

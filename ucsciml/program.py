@@ -71,7 +71,12 @@ class Program:
         )
         object.__setattr__(self, "coords", MappingProxyType(dict(self.coords)))
         trace = self.trace(jax.random.key(0))
-        observed_sites = [k for k, s in trace.items() if s["type"] == "sample" and s["is_observed"]]
+        # A numpyro.factor is an observed sample site of a Unit distribution, not data.
+        observed_sites = [
+            k
+            for k, s in trace.items()
+            if s["type"] == "sample" and s["is_observed"] and type(s["fn"]).__name__ != "Unit"
+        ]
         if not self.observed:
             object.__setattr__(self, "observed", tuple(observed_sites))
         unknown = [s for s in self.observed if s not in observed_sites]

@@ -18,6 +18,7 @@ PDES: dict[str, str] = {
 
 MODELS: dict[str, str] = {
     "bpinn": "ucsciml.models.bpinn:BayesianPINN",
+    "spectral_gp": "ucsciml.models.spectral_gp:SpectralGP",
 }
 
 BACKENDS: dict[str, str] = {

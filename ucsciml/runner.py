@@ -23,7 +23,7 @@ import numpy as np
 import tomli_w
 import xarray as xr
 
-from ucsciml import calibration, diagnostics, replicates
+from ucsciml import calibration, diagnostics, registry, replicates
 from ucsciml import config as case_config
 from ucsciml import data as sensor_data
 from ucsciml._io import write_json, write_text
@@ -131,8 +131,15 @@ def run_case(
     previous_level = log.level
     log.setLevel(logging.INFO)  # log.txt always gets the INFO record of the run
     log.addHandler(handler)
+    # A model that needs float64 (a GP's near-singular grid covariances) says so with
+    # needs_float64; the whole run, data included, then computes in float64.
+    model_cls = registry.resolve(registry.MODELS, cfg["model"]["name"], "model")
+    float64 = bool(getattr(model_cls, "needs_float64", False))
     try:
-        return _run(cfg, backend_name, seed, run_dir, resume, handler)
+        with jax.enable_x64(float64 or bool(jax.config.jax_enable_x64)):
+            if float64:
+                log.info("model %s computes in float64", cfg["model"]["name"])
+            return _run(cfg, backend_name, seed, run_dir, resume, handler)
     finally:
         handler.flush()
         log.removeHandler(handler)

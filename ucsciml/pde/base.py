@@ -79,9 +79,12 @@ class AbstractPDE:
         derivatives: derivative names the residual needs.
         domain: ``{coord: (low, high)}`` bounds for collocation.
         positive: names of parameters that must be > 0.
+        linear: whether the residual is affine in ``u`` and its derivatives (a GP solver
+            then solves for the field exactly).
     """
 
     coords: ClassVar[tuple[str, ...]] = ()
+    linear: ClassVar[bool] = False
     derivatives: ClassVar[tuple[str, ...]] = ()
     domain: ClassVar[Mapping[str, tuple[float, float]]] = {}
     positive: ClassVar[tuple[str, ...]] = ()

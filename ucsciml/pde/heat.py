@@ -30,6 +30,12 @@ class Heat(AbstractPDE):
     derivatives = ("u_t", "u_xx")
     domain = {"x": (-1.0, 1.0), "t": (0.0, 1.0)}
     positive = ("kappa",)
+    linear = True
+    boundary_faces = ("x-", "x+", "t-")
+
+    def faces(self) -> tuple[str, ...]:
+        """Faces with data: both ends in ``x`` and the initial line."""
+        return self.boundary_faces
 
     def residual(self, derivs: Mapping[str, Array], params: Mapping[str, Array]) -> Array:
         return derivs["u_t"] - params["kappa"] * derivs["u_xx"]

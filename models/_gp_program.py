@@ -1,0 +1,392 @@
+r"""The spectral GP on sensor data: the field marginalised exactly, the rest a NumPyro program.
+
+For a PDE linear in :math:`u`, the grid values given the hyper-parameters are Gaussian with
+scattered sensors, the PDE residual at every grid point and optional Dirichlet rows together
+(:mod:`ucsciml.models._gp_solve`, :mod:`ucsciml.models._gp_evidence`). :func:`compile_sensors`
+
+1. fits every hyper-parameter — the per-axis spectral-mixture kernels, the residual precision
+   :math:`\tau_2`, the noise scale when it is unknown and the PDE's unknown coefficients — by
+   type-II MAP (Adam then L-BFGS on the exact log evidence plus log priors, started from the
+   best residual precision on a coarse log grid), with a convergence verdict;
+2. returns a :class:`~ucsciml.Program` whose latent sites are the PDE's unknowns,
+   ``log_tau2`` (and ``log_tau1``, ``log_noise`` where present) with the kernel fixed at its
+   fit (empirical Bayes over the kernel only), and whose density is the exact evidence of
+   the data under the physics-conditioned GP prior (``numpyro.factor("evidence", ...)``,
+   :func:`~ucsciml.models._gp_evidence.data_evidence`). Any backend then gives the
+   coefficients a posterior;
+   ``Posterior.predict`` draws the field at new points from its exact conditional given each
+   draw (site ``u``: a joint draw of the grid values plus the interpolation variance between
+   grid points).
+
+The evidence needs a dense factorisation of the grid's precision, so the program is limited to
+grids of at most :data:`ucsciml.models._gp_solve.DENSE_LIMIT` points; larger grids use
+:func:`ucsciml.models.spectral_gp.fit` with sensors (conjugate gradients, no dense matrix).
+
+References:
+    Fang et al. (2024), Solving High Frequency and Multi-Scale PDEs with Gaussian Processes,
+    ICLR 2024.
+    Rasmussen & Williams (2006), Gaussian Processes for Machine Learning, ch. 5 (type-II ML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.util import log_density
+
+from ucsciml import data as sensor_data
+from ucsciml import optimize
+from ucsciml._types import Array
+from ucsciml.models import _gp_evidence as evidence
+from ucsciml.models import _gp_observe as observe
+from ucsciml.models import _gp_solve as solve
+from ucsciml.models import _spectral_kernels as sk
+from ucsciml.program import Program
+
+#: Choices of ``SpectralGP.boundary``.
+BOUNDARY = ("auto", "solution", "none")
+#: Choices of ``SpectralGP.collocation``.
+COLLOCATION = ("auto", "grid", "midpoints")
+#: Coarse log grid searched for the residual precision's starting value.
+LOG_TAU2_GRID = np.arange(-10.0, 41.0, 2.0)
+#: Fitted spectral components carrying more than this share of a kernel's weight are
+#: checked against the grid's points-per-period limit.
+DOMINANT_WEIGHT = 0.05
+
+
+class FlatAt(dist.Distribution):
+    """Improper flat density on the reals (log density 0) whose ``sample`` returns ``value``.
+
+    The GP-HM sites have flat priors (on ``eta`` this is the Jeffreys prior on ``w = e^eta``).
+    NumPyro's ``ImproperUniform`` cannot be sampled, so seeded traces and
+    ``init_to_sample`` would fail; returning the model's deterministic starting value instead
+    makes every backend start where the paper does. Posterior propriety over these sites is not
+    guaranteed (a pruned component's ``eta`` is unbounded below): use MAP, or NUTS on a
+    program with proper priors.
+    """
+
+    support = constraints.real_vector
+
+    def __init__(self, value: Array, support: constraints.Constraint | None = None):
+        self.value = jnp.asarray(value)
+        if support is not None:
+            self.support = constraints.independent(support, 1)
+        super().__init__(batch_shape=(), event_shape=self.value.shape)
+
+    def sample(self, key, sample_shape=()):
+        return jnp.broadcast_to(self.value, sample_shape + self.value.shape)
+
+    def log_prob(self, value):
+        return jnp.zeros(jnp.shape(value)[: jnp.ndim(value) - len(self.event_shape)])
+
+
+def compile_sensors(model, data) -> Program:
+    """Fit the kernel to sensor data and compile the evidence program (module docstring).
+
+    Raises:
+        RuntimeError: when float64 is not enabled.
+        ValueError: for data that do not fit the model (coordinates, observables, points
+            outside the grid's domain), a nonlinear PDE, or a grid too large for the dense
+            evidence.
+    """
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError(
+            "SpectralGP needs float64 (its grid covariances are near-singular by design): "
+            "call jax.config.update('jax_enable_x64', True) before building arrays, or set "
+            "JAX_ENABLE_X64=1; `ucsciml run` does this for this model"
+        )
+    size = int(np.prod(model.grid))
+    if size > solve.DENSE_LIMIT:
+        raise ValueError(
+            f"SpectralGP.compile(data) marginalises the field densely, up to "
+            f"{solve.DENSE_LIMIT} grid points; this grid has {size}. Coarsen the grid, or fit "
+            "large grids with ucsciml.models.spectral_gp.fit(model, data=...) (conjugate "
+            "gradients) and predict()"
+        )
+    check_linear(model)
+    if model.collocation == "auto":
+        model = dataclasses.replace(model, collocation="midpoints")
+    inputs = sensor_inputs(model, data)
+    latent_noise = "sensor_noise" not in inputs
+    spread = float(np.std(np.asarray(inputs["sensor_values"]))) or 1.0
+    noise_loc = float(np.log(0.1 * spread))
+    full = evidence_model(model, None, latent_noise, noise_loc)
+    fitted, verdict = fit_hyperparameters(model, full, inputs, latent_noise, noise_loc)
+    warn_unresolved(model, fitted)
+    kernel = {k: fitted[k] for k in kernel_sites(model)}
+    fn = evidence_model(model, kernel, latent_noise, noise_loc)
+    truth = {k: v.truth for k, v in model.pde.unknowns().items() if v.truth is not None}
+    fixed = dict(inputs)
+
+    def query(points):
+        return {**fixed, "query": jnp.asarray(points, jnp.float64)}
+
+    return Program.from_numpyro(
+        fn,
+        inputs,
+        inputs["sensor_values"],
+        dims={"u": ("sensor",)},
+        query=query,
+        predict_sites=("u",),
+        name=f"spectral_gp_{type(model.pde).__name__}",
+        attrs={
+            "truth": truth,
+            "grid": list(model.grid),
+            "optimization": {"convergence": [verdict]},
+            "fitted": {k: _jsonable(v) for k, v in fitted.items() if k not in kernel},
+        },
+    )
+
+
+def sensor_inputs(model, data) -> dict[str, Array]:
+    """The solver's inputs from sensor data: forcing, boundary rows and sensors (checked)."""
+    sensor_data.validate(data)
+    coords = tuple(model.pde.coords)
+    names = tuple(sensor_data.coordinate_names(data))
+    if names != coords:
+        raise ValueError(
+            f"data coordinates {names} do not match the PDE's {coords}; rename or reorder them"
+        )
+    if model.pde.observables() != {"u": {"u": 1.0}}:
+        raise ValueError(
+            f"SpectralGP observes the field u itself; {type(model.pde).__name__} observes "
+            f"{sorted(model.pde.observables())}: use the B-PINN for derived observables"
+        )
+    observed = sensor_data.observed_names(data)
+    if len(observed) != 1:
+        raise ValueError(f"SpectralGP needs one observed variable (the field); data has {observed}")
+    points = np.asarray(sensor_data.points(data), np.float64)
+    for j, c in enumerate(coords):
+        lo, hi = model.pde.domain[c]
+        tol = 1e-9 * (hi - lo)
+        outside = (points[:, j] < lo - tol) | (points[:, j] > hi + tol)
+        if outside.any():
+            raise ValueError(
+                f"{int(outside.sum())} sensor(s) lie outside the grid's domain along '{c}' "
+                f"[{lo:g}, {hi:g}] (e.g. {c} = {points[outside, j][0]:g}); the GP's grid covers "
+                "the PDE's domain only: drop those sensors or use a PDE whose domain holds them"
+            )
+    inputs: dict[str, Array] = {
+        "source": jnp.asarray(model.forcing_on_grid()),
+        "sensor_points": jnp.asarray(points),
+        "sensor_values": jnp.asarray(sensor_data.observations(data), jnp.float64),
+    }
+    noise = (
+        np.full(points.shape[0], float(model.noise_std))
+        if model.noise_std is not None
+        else sensor_data.noise_std(data)
+    )
+    if noise is not None:
+        inputs["sensor_noise"] = jnp.asarray(noise, jnp.float64)
+    if model.boundary == "solution":
+        index = model.boundary_indices()
+        inputs["boundary_index"] = jnp.asarray(index)
+        inputs["boundary_values"] = jnp.asarray(model.pde.solve(model.points()[index]))
+    else:
+        inputs["boundary_index"] = jnp.zeros((0,), jnp.int32)
+    return inputs
+
+
+def kernel_sites(model) -> tuple[str, ...]:
+    """Names of the kernel's sites (fitted at compile time, fixed in the program)."""
+    names = ("eta", "mu", "log_ell") if model.kernel in sk.MIXTURES else ("eta", "log_ell")
+    return tuple(f"{n}_{c}" for c in model.pde.coords for n in names)
+
+
+def evidence_model(model, kernel: dict | None, latent_noise: bool, noise_loc: float):
+    """The NumPyro model ``fn(inputs, targets=None)``: kernel sites flat (``kernel=None``) or
+    fixed, the PDE's unknowns with their priors, the precisions, the exact evidence; with
+    ``inputs["query"]`` it draws the field there instead (site ``u``)."""
+    init = start_values(model)
+    scale = model.tau_prior_scale
+    bounds = frequency_bounds(model)
+
+    def fn(inputs, targets=None):
+        sites = dict(kernel) if kernel is not None else {}
+        if kernel is None:
+            for name in kernel_sites(model):
+                sites[name] = numpyro.sample(name, FlatAt(init[name], bounds.get(name)))
+        for name, value in model.pde.unknowns().items():
+            sites[name] = numpyro.sample(name, value.prior)
+        sites["log_tau2"] = numpyro.sample("log_tau2", dist.Normal(0.0, scale))
+        numpyro.deterministic("tau2", jnp.exp(sites["log_tau2"]))
+        if inputs["boundary_index"].shape[0]:
+            sites["log_tau1"] = numpyro.sample("log_tau1", dist.Normal(0.0, scale))
+        if latent_noise:
+            sites["log_noise"] = numpyro.sample("log_noise", dist.Normal(noise_loc, 3.0))
+            numpyro.deterministic("noise_std", jnp.exp(sites["log_noise"]))
+        physics, full = solve.normal_equations(model, sites, inputs)
+        kparams = model.kernel_params(sites)
+        chols, _ = model.factors(kparams)
+        if "query" in inputs:
+            cond = evidence.conditional(full)
+            weights, interp = solve.sensor_weights(model, kparams, chols, inputs["query"])
+            k1, k2 = jax.random.split(numpyro.prng_key())
+            z = evidence.draw(cond, k1, model.grid)
+            noise = jnp.sqrt(interp) * jax.random.normal(k2, interp.shape, interp.dtype)
+            numpyro.deterministic("u", observe.observe(weights, z) + noise)
+        else:
+            cond, log_evidence = evidence.data_evidence(physics, full)
+            numpyro.factor("evidence", log_evidence)
+            weights, _ = solve.sensor_weights(model, kparams, chols, inputs["sensor_points"])
+            numpyro.deterministic("u", observe.observe(weights, cond.z_mean.reshape(model.grid)))
+
+    return fn
+
+
+def frequency_bounds(model) -> dict[str, constraints.Constraint]:
+    """Spectral means limited to ``[0, f_max]``, ``f_max`` the grid's resolvable frequency
+    (:data:`~ucsciml.models._spectral_kernels.MIN_POINTS_PER_PERIOD` points per period):
+    above it a component aliases onto the grid and fits noise."""
+    if model.kernel not in sk.MIXTURES:
+        return {}
+    return {
+        f"mu_{c}": constraints.interval(0.0, resolvable(h))
+        for c, h in zip(model.pde.coords, model.spacings(), strict=True)
+    }
+
+
+def resolvable(spacing: float) -> float:
+    """The highest frequency (cycles per unit) a grid of this spacing resolves."""
+    return 1.0 / (sk.MIN_POINTS_PER_PERIOD * spacing)
+
+
+def start_values(model) -> dict[str, Array]:
+    """The model's starting values with spectral means strictly inside their bounds."""
+    init = model.init_params()
+    for name, bound in frequency_bounds(model).items():
+        top = bound.upper_bound
+        init[name] = jnp.clip(init[name], 0.01 * top, 0.97 * top)
+    return init
+
+
+def fit_hyperparameters(model, fn, inputs, latent_noise: bool, noise_loc: float):
+    """Type-II MAP of every site of ``fn`` (kernel flat, the rest with priors).
+
+    Returns:
+        ``(sites, verdict)``: constrained site values and the convergence verdict.
+    """
+    init = start_values(model)
+    values = {k: init[k] for k in kernel_sites(model)}
+    values |= {k: jnp.asarray(v.prior.mean) for k, v in model.pde.unknowns().items()}
+    if latent_noise:
+        values["log_noise"] = jnp.asarray(noise_loc)
+    if inputs["boundary_index"].shape[0]:
+        values["log_tau1"] = jnp.zeros(())
+    values["log_tau2"] = _best_log_tau2(fn, inputs, values)
+    transforms = _transforms(model, values)
+    potential_fn = unconstrained_potential(fn, inputs, transforms)
+    start = {k: transforms[k].inv(jnp.asarray(v)) for k, v in values.items()}
+    result = optimize.minimize(
+        potential_fn,
+        start,
+        adam_steps=model.fit_steps,
+        learning_rate=model.fit_learning_rate,
+        lbfgs_steps=model.fit_lbfgs_steps,
+        phase="spectral GP kernel (type-II MAP)",
+        hint="raise SpectralGP.fit_steps or fit_lbfgs_steps",
+    )
+    return {k: transforms[k](v) for k, v in result.z.items()}, result.verdict
+
+
+def _transforms(model, values: dict) -> dict:
+    """Bijections from the reals to each site's support (kernel frequencies to their
+    interval, unknown coefficients to their prior's support, the rest the identity)."""
+    supports = {k: v.prior.support for k, v in model.pde.unknowns().items()}
+    supports |= frequency_bounds(model)
+    return {k: biject_to(supports.get(k, constraints.real)) for k in values}
+
+
+def unconstrained_potential(fn, inputs, transforms: dict):
+    """``-log p`` of ``fn``'s sites in unconstrained coordinates (with the Jacobian), without
+    NumPyro's eager ``initialize_model`` (seconds of op-by-op dispatch on this model)."""
+
+    def potential(free):
+        sites = {k: transforms[k](v) for k, v in free.items()}
+        log_jac = sum(jnp.sum(transforms[k].log_abs_det_jacobian(free[k], sites[k])) for k in free)
+        return -(log_density(fn, (inputs,), {}, sites)[0] + log_jac)
+
+    return potential
+
+
+def _best_log_tau2(fn, inputs, values) -> Array:
+    """The residual precision on :data:`LOG_TAU2_GRID` with the highest log joint at the
+    other starting values: Adam steps of ``1e-2`` cannot cross the decades that separate a
+    unit precision from a PDE's."""
+
+    def joint(log_tau2):
+        return log_density(fn, (inputs,), {}, {**values, "log_tau2": log_tau2})[0]
+
+    scores = jax.jit(jax.vmap(joint))(jnp.asarray(LOG_TAU2_GRID))
+    scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
+    return jnp.asarray(LOG_TAU2_GRID)[jnp.argmax(scores)]
+
+
+def warn_unresolved(model, sites: dict) -> None:
+    """Warn when a fitted spectral component that carries weight presses against the frequency
+    the grid resolves (~3 points per period): the data hold more detail than the grid."""
+    limit = sk.MIN_POINTS_PER_PERIOD
+    if model.kernel not in sk.MIXTURES:
+        return
+    for c, h in zip(model.pde.coords, model.spacings(), strict=True):
+        w = np.exp(np.asarray(sites[f"eta_{c}"]))
+        mu = np.abs(np.asarray(sites[f"mu_{c}"]))
+        heavy = w / w.sum() > DOMINANT_WEIGHT
+        top = float(mu[heavy].max()) if heavy.any() else 0.0
+        if top > 0.9 * resolvable(h):
+            warnings.warn(
+                f"SpectralGP fitted a spectral component at {top:.4g} cycles per unit along "
+                f"'{c}', at the grid's limit of ~{limit:g} points per period "
+                f"({resolvable(h):.4g}): the data hold detail the grid cannot resolve; "
+                "refine the grid",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def check_linear(model) -> None:
+    """Raise unless the PDE's residual is affine in the field, checked numerically on random
+    derivatives (a PDE's ``linear`` flag is not trusted alone)."""
+    pde = model.pde
+    name = type(pde).__name__
+    if not getattr(pde, "linear", False):
+        raise ValueError(
+            f"{name} is not linear in u (or does not declare linear = True): the exact "
+            "Gaussian solve does not apply; use the B-PINN, or the spectral GP's joint "
+            "optimisation (ucsciml.models.spectral_gp.fit(..., method='joint'))"
+        )
+    key = jax.random.key(0)
+    names = (*pde.derivatives, "f")
+    k1, k2 = jax.random.split(key)
+    a = {n: jax.random.normal(jax.random.fold_in(k1, i), (7,)) for i, n in enumerate(names)}
+    b = {n: jax.random.normal(jax.random.fold_in(k2, i), (7,)) for i, n in enumerate(names)}
+    zero = {n: jnp.zeros(7) for n in names}
+    params = {k: v.truth if hasattr(v, "prior") else v for k, v in pde.parameters().items()}
+    params = {k: 1.0 if v is None else v for k, v in params.items()}
+
+    def residual(d):
+        return pde.residual(d, params)
+
+    both = residual({n: a[n] + b[n] for n in names})
+    gap = both - residual(a) - residual(b) + residual(zero)
+    scale = float(jnp.max(jnp.abs(both))) + 1.0
+    if float(jnp.max(jnp.abs(gap))) > 1e-8 * scale:
+        raise ValueError(
+            f"{name}.residual is not affine in the field's derivatives although {name} declares "
+            "linear = True: the exact Gaussian solve does not apply; fix the flag or use the "
+            "B-PINN"
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    arr = np.asarray(value)
+    return float(arr) if arr.ndim == 0 else arr.tolist()
