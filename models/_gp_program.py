@@ -30,7 +30,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from typing import Any
 
@@ -40,16 +39,24 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
-from numpyro.distributions.transforms import biject_to
 from numpyro.infer.util import log_density
 
-from ucsciml import data as sensor_data
 from ucsciml import optimize
 from ucsciml._types import Array
 from ucsciml.models import _gp_evidence as evidence
 from ucsciml.models import _gp_observe as observe
 from ucsciml.models import _gp_solve as solve
 from ucsciml.models import _spectral_kernels as sk
+from ucsciml.models._gp_data import (
+    check_linear,
+    frequency_bounds,
+    kernel_sites,
+    resolvable,
+    sensor_inputs,
+    start_values,
+    transforms,
+    with_data_defaults,
+)
 from ucsciml.program import Program
 
 #: Choices of ``SpectralGP.boundary``.
@@ -113,8 +120,7 @@ def compile_sensors(model, data) -> Program:
             "gradients) and predict()"
         )
     check_linear(model)
-    if model.collocation == "auto":
-        model = dataclasses.replace(model, collocation="midpoints")
+    model = with_data_defaults(model)
     inputs = sensor_inputs(model, data)
     latent_noise = "sensor_noise" not in inputs
     spread = float(np.std(np.asarray(inputs["sensor_values"]))) or 1.0
@@ -123,7 +129,10 @@ def compile_sensors(model, data) -> Program:
     fitted, verdict = fit_hyperparameters(model, full, inputs, latent_noise, noise_loc)
     warn_unresolved(model, fitted)
     kernel = {k: fitted[k] for k in kernel_sites(model)}
-    fn = evidence_model(model, kernel, latent_noise, noise_loc)
+    if model.kernel_posterior:
+        fn = evidence_model(model, None, latent_noise, noise_loc, start=kernel)
+    else:
+        fn = evidence_model(model, kernel, latent_noise, noise_loc)
     truth = {k: v.truth for k, v in model.pde.unknowns().items() if v.truth is not None}
     fixed = dict(inputs)
 
@@ -147,66 +156,13 @@ def compile_sensors(model, data) -> Program:
     )
 
 
-def sensor_inputs(model, data) -> dict[str, Array]:
-    """The solver's inputs from sensor data: forcing, boundary rows and sensors (checked)."""
-    sensor_data.validate(data)
-    coords = tuple(model.pde.coords)
-    names = tuple(sensor_data.coordinate_names(data))
-    if names != coords:
-        raise ValueError(
-            f"data coordinates {names} do not match the PDE's {coords}; rename or reorder them"
-        )
-    if model.pde.observables() != {"u": {"u": 1.0}}:
-        raise ValueError(
-            f"SpectralGP observes the field u itself; {type(model.pde).__name__} observes "
-            f"{sorted(model.pde.observables())}: use the B-PINN for derived observables"
-        )
-    observed = sensor_data.observed_names(data)
-    if len(observed) != 1:
-        raise ValueError(f"SpectralGP needs one observed variable (the field); data has {observed}")
-    points = np.asarray(sensor_data.points(data), np.float64)
-    for j, c in enumerate(coords):
-        lo, hi = model.pde.domain[c]
-        tol = 1e-9 * (hi - lo)
-        outside = (points[:, j] < lo - tol) | (points[:, j] > hi + tol)
-        if outside.any():
-            raise ValueError(
-                f"{int(outside.sum())} sensor(s) lie outside the grid's domain along '{c}' "
-                f"[{lo:g}, {hi:g}] (e.g. {c} = {points[outside, j][0]:g}); the GP's grid covers "
-                "the PDE's domain only: drop those sensors or use a PDE whose domain holds them"
-            )
-    inputs: dict[str, Array] = {
-        "source": jnp.asarray(model.forcing_on_grid()),
-        "sensor_points": jnp.asarray(points),
-        "sensor_values": jnp.asarray(sensor_data.observations(data), jnp.float64),
-    }
-    noise = (
-        np.full(points.shape[0], float(model.noise_std))
-        if model.noise_std is not None
-        else sensor_data.noise_std(data)
-    )
-    if noise is not None:
-        inputs["sensor_noise"] = jnp.asarray(noise, jnp.float64)
-    if model.boundary == "solution":
-        index = model.boundary_indices()
-        inputs["boundary_index"] = jnp.asarray(index)
-        inputs["boundary_values"] = jnp.asarray(model.pde.solve(model.points()[index]))
-    else:
-        inputs["boundary_index"] = jnp.zeros((0,), jnp.int32)
-    return inputs
-
-
-def kernel_sites(model) -> tuple[str, ...]:
-    """Names of the kernel's sites (fitted at compile time, fixed in the program)."""
-    names = ("eta", "mu", "log_ell") if model.kernel in sk.MIXTURES else ("eta", "log_ell")
-    return tuple(f"{n}_{c}" for c in model.pde.coords for n in names)
-
-
-def evidence_model(model, kernel: dict | None, latent_noise: bool, noise_loc: float):
+def evidence_model(
+    model, kernel: dict | None, latent_noise: bool, noise_loc: float, start: dict | None = None
+):
     """The NumPyro model ``fn(inputs, targets=None)``: kernel sites flat (``kernel=None``) or
     fixed, the PDE's unknowns with their priors, the precisions, the exact evidence; with
     ``inputs["query"]`` it draws the field there instead (site ``u``)."""
-    init = start_values(model)
+    init = {**start_values(model), **(start or {})}
     scale = model.tau_prior_scale
     bounds = frequency_bounds(model)
 
@@ -243,32 +199,6 @@ def evidence_model(model, kernel: dict | None, latent_noise: bool, noise_loc: fl
     return fn
 
 
-def frequency_bounds(model) -> dict[str, constraints.Constraint]:
-    """Spectral means limited to ``[0, f_max]``, ``f_max`` the grid's resolvable frequency
-    (:data:`~ucsciml.models._spectral_kernels.MIN_POINTS_PER_PERIOD` points per period):
-    above it a component aliases onto the grid and fits noise."""
-    if model.kernel not in sk.MIXTURES:
-        return {}
-    return {
-        f"mu_{c}": constraints.interval(0.0, resolvable(h))
-        for c, h in zip(model.pde.coords, model.spacings(), strict=True)
-    }
-
-
-def resolvable(spacing: float) -> float:
-    """The highest frequency (cycles per unit) a grid of this spacing resolves."""
-    return 1.0 / (sk.MIN_POINTS_PER_PERIOD * spacing)
-
-
-def start_values(model) -> dict[str, Array]:
-    """The model's starting values with spectral means strictly inside their bounds."""
-    init = model.init_params()
-    for name, bound in frequency_bounds(model).items():
-        top = bound.upper_bound
-        init[name] = jnp.clip(init[name], 0.01 * top, 0.97 * top)
-    return init
-
-
 def fit_hyperparameters(model, fn, inputs, latent_noise: bool, noise_loc: float):
     """Type-II MAP of every site of ``fn`` (kernel flat, the rest with priors).
 
@@ -283,9 +213,9 @@ def fit_hyperparameters(model, fn, inputs, latent_noise: bool, noise_loc: float)
     if inputs["boundary_index"].shape[0]:
         values["log_tau1"] = jnp.zeros(())
     values["log_tau2"] = _best_log_tau2(fn, inputs, values)
-    transforms = _transforms(model, values)
-    potential_fn = unconstrained_potential(fn, inputs, transforms)
-    start = {k: transforms[k].inv(jnp.asarray(v)) for k, v in values.items()}
+    bijections = transforms(model, values)
+    potential_fn = unconstrained_potential(fn, inputs, bijections)
+    start = {k: bijections[k].inv(jnp.asarray(v)) for k, v in values.items()}
     result = optimize.minimize(
         potential_fn,
         start,
@@ -295,15 +225,7 @@ def fit_hyperparameters(model, fn, inputs, latent_noise: bool, noise_loc: float)
         phase="spectral GP kernel (type-II MAP)",
         hint="raise SpectralGP.fit_steps or fit_lbfgs_steps",
     )
-    return {k: transforms[k](v) for k, v in result.z.items()}, result.verdict
-
-
-def _transforms(model, values: dict) -> dict:
-    """Bijections from the reals to each site's support (kernel frequencies to their
-    interval, unknown coefficients to their prior's support, the rest the identity)."""
-    supports = {k: v.prior.support for k, v in model.pde.unknowns().items()}
-    supports |= frequency_bounds(model)
-    return {k: biject_to(supports.get(k, constraints.real)) for k in values}
+    return {k: bijections[k](v) for k, v in result.z.items()}, result.verdict
 
 
 def unconstrained_potential(fn, inputs, transforms: dict):
@@ -351,40 +273,6 @@ def warn_unresolved(model, sites: dict) -> None:
                 UserWarning,
                 stacklevel=3,
             )
-
-
-def check_linear(model) -> None:
-    """Raise unless the PDE's residual is affine in the field, checked numerically on random
-    derivatives (a PDE's ``linear`` flag is not trusted alone)."""
-    pde = model.pde
-    name = type(pde).__name__
-    if not getattr(pde, "linear", False):
-        raise ValueError(
-            f"{name} is not linear in u (or does not declare linear = True): the exact "
-            "Gaussian solve does not apply; use the B-PINN, or the spectral GP's joint "
-            "optimisation (ucsciml.models.spectral_gp.fit(..., method='joint'))"
-        )
-    key = jax.random.key(0)
-    names = (*pde.derivatives, "f")
-    k1, k2 = jax.random.split(key)
-    a = {n: jax.random.normal(jax.random.fold_in(k1, i), (7,)) for i, n in enumerate(names)}
-    b = {n: jax.random.normal(jax.random.fold_in(k2, i), (7,)) for i, n in enumerate(names)}
-    zero = {n: jnp.zeros(7) for n in names}
-    params = {k: v.truth if hasattr(v, "prior") else v for k, v in pde.parameters().items()}
-    params = {k: 1.0 if v is None else v for k, v in params.items()}
-
-    def residual(d):
-        return pde.residual(d, params)
-
-    both = residual({n: a[n] + b[n] for n in names})
-    gap = both - residual(a) - residual(b) + residual(zero)
-    scale = float(jnp.max(jnp.abs(both))) + 1.0
-    if float(jnp.max(jnp.abs(gap))) > 1e-8 * scale:
-        raise ValueError(
-            f"{name}.residual is not affine in the field's derivatives although {name} declares "
-            "linear = True: the exact Gaussian solve does not apply; fix the flag or use the "
-            "B-PINN"
-        )
 
 
 def _jsonable(value: Any) -> Any:

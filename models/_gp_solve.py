@@ -40,6 +40,7 @@ from jax.scipy.linalg import cho_solve, cholesky, solve_triangular
 from jax.scipy.sparse.linalg import cg
 
 from ucsciml._types import Array, PRNGKey
+from ucsciml.models import _gp_data as _data
 from ucsciml.models import _gp_observe as _observe
 from ucsciml.models import _kron
 from ucsciml.models import _spectral_kernels as sk
@@ -79,6 +80,9 @@ class SpectralGPFit(NamedTuple):
         method: ``"alternating"`` or ``"joint"``.
         cg_relres: relative residual ``|P z - G^T y| / |G^T y|`` of the
             final conjugate-gradient solve (``nan`` for dense solves and ``"joint"``).
+        inputs: the solver's inputs for a fit to sensor data
+            (:func:`ucsciml.models._gp_iterative.fit_sensors`), ``None`` for the benchmark
+            program; :func:`predict` uses them.
     """
 
     sites: dict
@@ -88,6 +92,7 @@ class SpectralGPFit(NamedTuple):
     monitor: Array
     method: str
     cg_relres: Array
+    inputs: dict | None = None
 
 
 def linear_system(
@@ -450,7 +455,12 @@ def predict(
     if not model.pde.linear:
         raise ValueError("predict's posterior band needs a linear PDE (Gaussian grid values)")
     with jax.enable_x64(True):
-        program = model.compile()
+        if result.inputs is not None:
+            inputs, targets = result.inputs, None
+            model = _data.with_data_defaults(model)
+        else:
+            program = model.compile()
+            inputs, targets = program.inputs, program.targets
         axes_test = tuple(jnp.asarray(a) for a in axes_test)
         dense = int(jnp.prod(jnp.array(model.grid))) <= DENSE_LIMIT
         if not dense and key is None:
@@ -461,8 +471,8 @@ def predict(
             result.sites,
             result.z_mean,
             axes_test,
-            program.inputs,
-            program.targets,
+            inputs,
+            targets,
             dense,
             num_samples,
             key,

@@ -99,6 +99,10 @@ class SpectralGP:
             equations as grid values, so the residual cannot be met exactly and its fitted
             precision measures the grid's discretisation error instead of growing without
             bound); ``"auto"``: midpoints with sensor data, the grid without.
+        kernel_posterior: with sensor data, keep the kernel's sites latent in the program
+            (started at their type-II fit) so the backend's posterior includes the kernel's
+            uncertainty; ``False`` fixes them at the fit (empirical Bayes: faster, but the
+            coefficients' intervals are conditional on one kernel and measured too narrow).
 
     Example:
         >>> import ucsciml as uq
@@ -129,6 +133,7 @@ class SpectralGP:
     fit_learning_rate: float = 1e-2
     fit_lbfgs_steps: int = 300
     collocation: str = "auto"
+    kernel_posterior: bool = False
 
     def __post_init__(self):
         if not isinstance(self.pde, AbstractPDE):
