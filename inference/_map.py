@@ -16,13 +16,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from numpyro import handlers
 from numpyro.infer.initialization import init_to_sample
 from numpyro.infer.util import initialize_model
 
 from ucsciml._types import PRNGKey, PyTree
-from ucsciml.inference._mapfit_settings import FINAL_LR_FRACTION, SCHEDULES, MAPFit
+from ucsciml.inference._mapfit_settings import MAPFit
+from ucsciml.optimize import adam_core, end_point_checks, lbfgs_core
 from ucsciml.program import Program
 
 
@@ -120,65 +120,6 @@ class ProgramSignature:
         return isinstance(other, ProgramSignature) and self.key == other.key
 
 
-def adam_schedule(learning_rate: float, num_steps: int, schedule: str) -> optax.ScalarOrSchedule:
-    """The learning rate of :class:`~ucsciml.inference.MAPFit`'s ``schedule``: constant, or
-    an exponential or cosine decay to ``FINAL_LR_FRACTION`` of it over ``num_steps``."""
-    if schedule == "exponential":
-        return optax.exponential_decay(learning_rate, num_steps, FINAL_LR_FRACTION)
-    if schedule == "cosine":
-        return optax.cosine_decay_schedule(learning_rate, num_steps, alpha=FINAL_LR_FRACTION)
-    if schedule == "constant":
-        return learning_rate
-    raise ValueError(f"unknown Adam schedule {schedule!r}; choose one of {SCHEDULES}")
-
-
-def adam_core(
-    potential_fn: Callable[[PyTree], jax.Array],
-    num_steps: int,
-    learning_rate: float,
-    schedule: str = "exponential",
-) -> tuple[Callable, Callable]:
-    """Adam on a :class:`~ucsciml.inference.MAPFit` schedule over ``num_steps`` (by default
-    an exponential decay to 1% of the initial rate), as ``init(z) -> state`` and
-    ``step(state) -> (state, loss)`` on ``state = (z, opt_state)`` (the loss is the
-    potential before the step)."""
-    opt = optax.adam(adam_schedule(learning_rate, num_steps, schedule))
-
-    def init(z):
-        return z, opt.init(z)
-
-    def step(state):
-        z, opt_state = state
-        loss, grad = jax.value_and_grad(potential_fn)(z)
-        updates, opt_state = opt.update(grad, opt_state, z)
-        return (optax.apply_updates(z, updates), opt_state), loss
-
-    return init, step
-
-
-def lbfgs_core(potential_fn: Callable[[PyTree], jax.Array]) -> tuple[Callable, Callable]:
-    """Optax L-BFGS (zoom line search) as ``init(z) -> state`` and ``step(state) -> (state,
-    loss)``. A failed line search can return a non-finite step: the last good point is kept,
-    so steps after convergence (or failure) leave the point unchanged."""
-    opt = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(potential_fn)
-
-    def init(z):
-        return z, opt.init(z)
-
-    def step(state):
-        z, opt_state = state
-        loss, grad = value_and_grad(z, state=opt_state)
-        updates, opt_state = opt.update(
-            grad, opt_state, z, value=loss, grad=grad, value_fn=potential_fn
-        )
-        z_new = optax.apply_updates(z, updates)
-        z_new = jax.tree.map(lambda a, b: jnp.where(is_finite_tree(z_new), a, b), z_new, z)
-        return (z_new, opt_state), loss
-
-    return init, step
-
-
 def _scan(init, step, z0, num_steps):
     (z, _), losses = jax.lax.scan(lambda c, _: step(c), init(z0), None, length=num_steps)
     return z, losses
@@ -198,25 +139,6 @@ def fit_map(
         z, polish = _scan(*lbfgs_core(potential_fn), z, fit.lbfgs_steps)
         losses = jnp.concatenate([losses, polish])
     return z, losses, end_point_checks(potential_fn, z)
-
-
-def end_point_checks(potential_fn: Callable[[PyTree], jax.Array], z: PyTree) -> jax.Array:
-    """``[max |g|, d]`` at ``z``: the largest gradient component, and the loss decrease a
-    Newton step along the gradient predicts, ``d = |g|^4 / (2 g^T H g)`` (one Hessian-vector
-    product; ``inf`` where the curvature along ``g`` is not positive or anything is not
-    finite). ``d`` is in the loss's own units (nats of log density) whatever the scale of
-    the parameters, the inputs of :func:`ucsciml.convergence.judge`."""
-    grad_fn = jax.grad(potential_fn)
-    grad = grad_fn(z)
-    _, hvp = jax.jvp(grad_fn, (z,), (grad,))
-    leaves = jax.tree.leaves(grad)
-    worst = jnp.max(jnp.array([jnp.max(jnp.abs(g)) for g in leaves]))
-    g2 = sum(jnp.vdot(g, g) for g in leaves)
-    curvature = sum(jnp.vdot(g, h) for g, h in zip(leaves, jax.tree.leaves(hvp), strict=True))
-    decrease = jnp.where(curvature > 0, g2**2 / (2.0 * curvature), jnp.inf)
-    decrease = jnp.where(g2 == 0, 0.0, decrease)
-    out = jnp.stack([worst, decrease])
-    return jnp.where(jnp.isfinite(out), out, jnp.inf)
 
 
 def check_continuous(program: Program, backend: str) -> None:
@@ -252,8 +174,3 @@ def with_deterministics(program: Program, latent: dict, key: PRNGKey) -> dict:
     return jax.jit(lambda s, k: jax.lax.map(lambda a: one(*a), (s, k), batch_size=min(n, 64)))(
         latent, keys
     )
-
-
-def is_finite_tree(tree: PyTree) -> jax.Array:
-    """True when every leaf of ``tree`` is finite."""
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))

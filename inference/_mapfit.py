@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from ucsciml._types import PyTree
 from ucsciml.convergence import judge
 from ucsciml.inference._chains import map_chains
-from ucsciml.inference._map import adam_core, end_point_checks, lbfgs_core
 from ucsciml.inference._mapfit_settings import MAPFit
+from ucsciml.optimize import adam_core, end_point_checks, lbfgs_core
 
 #: Chunks per phase: the progress bar's resolution.
 CHUNKS = 10

@@ -20,10 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ucsciml.convergence import GTOL
-
-SCHEDULES = ("constant", "exponential", "cosine")
-#: The last Adam learning rate over the first, for the decaying schedules.
-FINAL_LR_FRACTION = 0.01
+from ucsciml.optimize import SCHEDULES
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from numpyro import handlers
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._driver import sample_scan
-from ucsciml.inference._map import is_finite_tree, potential_family, with_deterministics
+from ucsciml.inference._map import potential_family, with_deterministics
+from ucsciml.optimize import is_finite_tree
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance

@@ -39,7 +39,7 @@ def test_the_end_point_decides_when_measured():
 def test_newton_decrease_is_half_the_squared_sd_offset_on_a_gaussian():
     # U(z) = sum((z - m)^2 / (2 s^2)): from z = m + delta * s along one axis the gradient is
     # delta / s and the curvature 1 / s^2, so d = delta^2 / 2 exactly, whatever s.
-    from ucsciml.inference._map import end_point_checks
+    from ucsciml.optimize import end_point_checks
 
     m, s = jnp.array([1.0, -2.0]), jnp.array([1e-3, 1e3])
 

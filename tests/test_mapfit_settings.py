@@ -15,7 +15,7 @@ import ucsciml as uq
 from ucsciml import inference
 from ucsciml.config import ConfigError, build_backend, load_case, resolve_config
 from ucsciml.inference import MAPFit
-from ucsciml.inference._map import adam_schedule
+from ucsciml.optimize import adam_schedule
 
 # Each backend's deprecated keywords, their MAPFit fields, and the backend's default fit.
 OLD = {

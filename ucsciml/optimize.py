@@ -23,6 +23,10 @@ from ucsciml._types import PyTree
 
 #: Chunks per phase: the progress bar's resolution.
 CHUNKS = 10
+#: Adam learning-rate schedules.
+SCHEDULES = ("constant", "exponential", "cosine")
+#: The last Adam learning rate over the first, for the decaying schedules.
+FINAL_LR_FRACTION = 0.01
 
 
 class Minimum(NamedTuple):
@@ -38,13 +42,28 @@ def is_finite_tree(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def adam_schedule(learning_rate: float, num_steps: int, schedule: str) -> optax.ScalarOrSchedule:
+    """The learning rate of a ``schedule``: constant, or an exponential or cosine decay to
+    :data:`FINAL_LR_FRACTION` of it over ``num_steps``."""
+    if schedule == "exponential":
+        return optax.exponential_decay(learning_rate, num_steps, FINAL_LR_FRACTION)
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, num_steps, alpha=FINAL_LR_FRACTION)
+    if schedule == "constant":
+        return learning_rate
+    raise ValueError(f"unknown Adam schedule {schedule!r}; choose one of {SCHEDULES}")
+
+
 def adam_core(
-    loss_fn: Callable[[PyTree], jax.Array], num_steps: int, learning_rate: float
+    loss_fn: Callable[[PyTree], jax.Array],
+    num_steps: int,
+    learning_rate: float,
+    schedule: str = "exponential",
 ) -> tuple[Callable, Callable]:
-    """Adam with an exponential decay to 1% of the initial rate over ``num_steps``, as
-    ``init(z) -> state`` and ``step(state) -> (state, loss)`` on ``state = (z, opt_state)``
-    (the loss is the objective before the step)."""
-    opt = optax.adam(optax.exponential_decay(learning_rate, num_steps, 0.01))
+    """Adam on a learning-rate ``schedule`` over ``num_steps`` (by default an exponential
+    decay to 1% of the initial rate), as ``init(z) -> state`` and ``step(state) -> (state,
+    loss)`` on ``state = (z, opt_state)`` (the loss is the objective before the step)."""
+    opt = optax.adam(adam_schedule(learning_rate, num_steps, schedule))
 
     def init(z):
         return z, opt.init(z)
