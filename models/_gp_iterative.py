@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 import optax
 from tqdm.auto import tqdm
 
+from ucsciml import convergence
 from ucsciml.models import _gp_solve as solve
 from ucsciml.models import _kron
 from ucsciml.models._gp_data import (
@@ -64,7 +66,8 @@ def fit_sensors(
 
     Returns:
         :class:`~ucsciml.models._gp_solve.SpectralGPFit` whose ``inputs`` hold the data, for
-        :func:`~ucsciml.models._gp_solve.predict`.
+        :func:`~ucsciml.models._gp_solve.predict`. A fit whose loss still changes over its
+        last window is logged as not converged (:func:`ucsciml.convergence.judge`).
     """
     if not jax.config.jax_enable_x64:
         raise RuntimeError("fit_sensors needs float64: jax.config.update('jax_enable_x64', True)")
@@ -139,6 +142,12 @@ def fit_sensors(
     )
     theta = constrain(free)
     losses = jnp.concatenate(losses)
+    # The loss change over the last window judges the alternating fit (logged when it fails).
+    convergence.judge(
+        np.asarray(losses),
+        phase="spectral GP (CG, alternating)",
+        hint="raise num_steps or learning_rate",
+    )
     return solve.SpectralGPFit(
         theta, u, z, losses, jnp.full(losses.shape, jnp.nan), "alternating", relres, inputs
     )
