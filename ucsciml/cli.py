@@ -216,6 +216,7 @@ def _cmd_run(args) -> int:
     print(f"run directory: {result.run_dir}")
     print(result.diagnostics.to_text())
     _print_parameters(result.metrics)
+    _print_warnings(result.metrics)
     return 0
 
 
@@ -270,30 +271,76 @@ def _cmd_coverage(args) -> int:
 
 def _cmd_summary(args) -> int:
     from ucsciml.diagnostics import check
-    from ucsciml.posterior import load
 
     run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
-    tree = load(run_dir / "posterior.nc")
+    tree = load_run_tree(run_dir)
+    metrics = _run_metrics(run_dir)
     print(f"run: {run_dir}")
     print(check(tree).to_text())
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        _print_parameters(json.loads(metrics_path.read_text(encoding="utf-8")))
+    if metrics is not None:
+        _print_parameters(metrics)
+        _print_warnings(metrics)
     return 0
 
 
 def _cmd_report(args) -> int:
-    from ucsciml.posterior import load
     from ucsciml.report import report
 
     run_dir = Path(args.run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
-    path = report(load(run_dir / "posterior.nc"), args.out or run_dir / "report.html")
+    path = report(load_run_tree(run_dir), args.out or run_dir / "report.html")
     print(f"report: {path}")
     return 0
+
+
+def load_run_tree(run_dir: Path):
+    """The DataTree in ``run_dir/posterior.nc``.
+
+    Raises:
+        FileNotFoundError: when the folder or its ``posterior.nc`` is missing.
+        DataError: when ``posterior.nc`` is not a readable posterior (truncated, corrupt,
+            another kind of netCDF file), naming the file and the fix.
+    """
+    from ucsciml.data import DataError
+    from ucsciml.posterior import load
+
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    path = run_dir / "posterior.nc"
+    try:
+        tree = load(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise DataError(
+            f"{path}: not a readable posterior ({type(err).__name__}: {first}); the file is "
+            f"truncated or corrupt: rerun the case with `ucsciml run ... --out {run_dir}`"
+        ) from None
+    if "posterior" not in tree.children:
+        raise DataError(
+            f"{path}: has no 'posterior' group (groups: {sorted(tree.children)}); it is not a "
+            "posterior written by `ucsciml run`"
+        )
+    return tree
+
+
+def _run_metrics(run_dir: Path) -> dict | None:
+    """``run_dir/metrics.json``, or ``None`` when absent; unreadable JSON is a DataError."""
+    from ucsciml.data import DataError
+
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(
+            f"{path}: not valid JSON ({err}); the file is truncated or corrupt: rerun the "
+            f"case with `ucsciml run ... --out {run_dir}`"
+        ) from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(metrics).__name__}")
+    return metrics
 
 
 def _cmd_compare(args) -> int:
@@ -321,6 +368,11 @@ def _cmd_list(args) -> int:
         for name, target in sorted(table.items()):
             print(f"  {name:<12} {target}")
     return 0
+
+
+def _print_warnings(metrics: dict) -> None:
+    for message in metrics.get("warnings") or []:
+        print(f"\nWARNING: {message}")
 
 
 def _print_parameters(metrics: dict) -> None:

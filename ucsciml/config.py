@@ -11,6 +11,11 @@ importing it: a field with ``metadata["table"]`` (a settings class, e.g. a backe
 key by key against that class; a field with ``metadata["deprecated"] = "map.adam_steps"`` is
 an old key, still accepted: it is moved to its new place with a logged deprecation warning.
 
+``[data] source = "file"`` reads ``path`` (relative to the case file's folder; ``.nc`` or
+``.csv``, see :func:`ucsciml.data.load`): the file fixes the sensors, so ``num_sensors``,
+``noise`` and ``placement``, which shape synthetic data only, are ignored with a logged
+warning; the noise comes from the file's ``noise_std`` column or ``[model] noise_std``.
+
 Example case::
 
     [case]
@@ -92,6 +97,8 @@ DATA_DEFAULTS = {
     "placement": "interior",
 }
 PLACEMENTS = ("interior", "initial_boundary")
+#: ``[data]`` keys that only synthetic data use; a sensor file fixes sensors and noise.
+SYNTHETIC_ONLY = ("num_sensors", "noise", "placement")
 TOP_KEYS = ("case", "pde", "data", "model", "backend", "evaluation", "calibration")
 EVAL_KEYS = {"grid": list}
 
@@ -103,18 +110,41 @@ class ConfigError(ValueError):
 def load_case(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a case file; returns the resolved config (defaults filled in).
 
+    A relative ``[data] path`` is resolved against the case file's folder, not the current
+    directory, so a case and its sensor file can be run from anywhere; the resolved config
+    holds the absolute path.
+
     Raises:
         FileNotFoundError: when the file does not exist.
-        ConfigError: on invalid TOML, unknown tables or keys, or bad values.
+        ConfigError: on a file that is not UTF-8 TOML, unknown tables or keys, or bad values.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"case file not found: {path}; `ucsciml list` shows the cases")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give a case file (.toml) or a case name")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
+            "TOML files must be UTF-8: save the case file as UTF-8"
+        ) from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
-    return resolve_config(raw, source=str(path))
+    cfg = resolve_config(raw, source=str(path))
+    if cfg["data"]["source"] == "file":
+        cfg["data"]["path"] = str(data_path(cfg["data"]["path"], path.parent))
+    return cfg
+
+
+def data_path(value: str, case_dir: str | os.PathLike) -> Path:
+    """``[data] path`` as an absolute path: ``~`` expanded, a relative path taken from the
+    case file's folder ``case_dir``."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(case_dir).resolve() / path
 
 
 def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
@@ -144,6 +174,17 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
         )
     if data["source"] == "file" and "path" not in data:
         raise ConfigError(f"{source}: [data] source = 'file' needs path = '...'")
+    if data["source"] == "file":
+        ignored = [k for k in SYNTHETIC_ONLY if k in cfg.get("data", {})]
+        if ignored:
+            log.warning(
+                "%s: [data] %s only shape synthetic data and are ignored for source = 'file': "
+                "the file fixes the sensors, and their noise comes from its noise_std column "
+                "(or [model] noise_std); remove %s",
+                source,
+                ", ".join(ignored),
+                "it" if len(ignored) == 1 else "them",
+            )
     if data["num_sensors"] < 1:
         raise ConfigError(f"{source}: [data] num_sensors must be >= 1, got {data['num_sensors']}")
     if data["noise"] < 0:

@@ -16,6 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +27,8 @@ import numpy as np
 import xarray as xr
 
 from ucsciml._io import atomic_write
+
+log = logging.getLogger(__name__)
 
 SENSOR_DIM = "sensor"
 _COORDS_ATTR = "coords"
@@ -186,23 +191,71 @@ def noise_std(ds: xr.Dataset) -> np.ndarray | None:
 def load(path: str | os.PathLike) -> xr.Dataset:
     """Load sensor data from netCDF (``.nc``) or CSV (``.csv``) and validate it.
 
-    A CSV file has a header; the observed column is ``u`` and an optional ``noise_std``
-    column holds per-sensor noise; every other column is a coordinate.
+    A CSV file is UTF-8 text with a header line; the observed column is ``u`` and an optional
+    ``noise_std`` column holds per-sensor noise; every other column is a coordinate. Each row
+    is one sensor and every value must be a finite number.
+
+    Several sensors at the same coordinates are allowed: they are repeated measurements,
+    each an independent observation with its own noise. Loading logs a warning naming the
+    first repeat, since an accidental copy of a row looks the same.
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        DataError: on an unknown file type or invalid content.
+        DataError: on an unknown file type, an unreadable (truncated, corrupt, empty,
+            non-UTF-8) file or invalid content; the message starts with the file's path.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"sensor data file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; [data] path must name a .nc or .csv file")
     suffix = path.suffix.lower()
-    if suffix == ".nc":
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            return validate(ds.load())
-    if suffix == ".csv":
-        return _load_csv(path)
-    raise DataError(f"unknown sensor data file type '{suffix}' for {path}; use .nc or .csv")
+    if suffix not in (".nc", ".csv"):
+        raise DataError(f"unknown sensor data file type '{suffix}' for {path}; use .nc or .csv")
+    try:
+        ds = _load_netcdf(path) if suffix == ".nc" else _load_csv(path)
+        validate(ds)
+    except DataError as err:
+        message = str(err)
+        raise DataError(
+            message if message.startswith(str(path)) else f"{path}: {message}"
+        ) from None
+    _warn_repeated_coordinates(ds, path)
+    return ds
+
+
+def check_domain(ds: xr.Dataset, domain: Mapping[str, tuple[float, float]]) -> xr.Dataset:
+    """Check that every sensor lies inside a box domain, ``{coord: (low, high)}``.
+
+    Coordinates the domain does not name are not checked. A relative tolerance of ``1e-9``
+    of each side's length admits sensors written on the boundary with rounding.
+
+    Returns:
+        ``ds`` unchanged.
+
+    Raises:
+        DataError: naming the first sensor outside (index, coordinate, value), the domain
+            and how many sensors are outside in all.
+    """
+    names = [c for c in coordinate_names(ds) if c in domain]
+    if not names:
+        return ds
+    values = np.stack([np.asarray(ds[c].values, dtype=float) for c in names], axis=-1)
+    lo = np.array([float(domain[c][0]) for c in names])
+    hi = np.array([float(domain[c][1]) for c in names])
+    tol = 1e-9 * (hi - lo)
+    outside = (values < lo - tol) | (values > hi + tol)
+    if not outside.any():
+        return ds
+    sensor, column = (int(i) for i in np.argwhere(outside)[0])
+    box = " x ".join(f"{c} in [{domain[c][0]:g}, {domain[c][1]:g}]" for c in names)
+    count = int(outside.any(axis=1).sum())
+    raise DataError(
+        f"sensor {sensor} lies outside the PDE's domain: {names[column]} = "
+        f"{values[sensor, column]:g} is not in [{lo[column]:g}, {hi[column]:g}] (domain {box}; "
+        f"{count} of {values.shape[0]} sensors outside); drop those sensors or convert the "
+        "coordinates to the PDE's units"
+    )
 
 
 def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
@@ -229,20 +282,104 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     raise DataError(f"unknown sensor data file type '{suffix}' for {path}; use .nc or .csv")
 
 
-def _load_csv(path: Path) -> xr.Dataset:
-    with path.open(encoding="utf-8") as fh:
-        header = fh.readline().strip().split(",")
-    if "u" not in header:
-        raise DataError(f"{path}: CSV header {header} has no 'u' column (the observed values)")
-    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    if table.shape[1] != len(header):
+def _load_netcdf(path: Path) -> xr.Dataset:
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            return ds.load()
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise DataError(
-            f"{path}: rows have {table.shape[1]} values but the header names {len(header)} columns"
+            f"{path}: not a readable netCDF file ({_first_line(err)}); it may be truncated or "
+            "not netCDF at all: write it again with ucsciml.data.save or xarray's to_netcdf"
+        ) from None
+
+
+#: CSV column names that would collide with :func:`sensors`' own arguments or dimension.
+_RESERVED_COLUMNS = ("name", "attrs", "values", SENSOR_DIM)
+
+
+def _load_csv(path: Path) -> xr.Dataset:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
+            "save the CSV as UTF-8"
+        ) from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err}); check it") from None
+    reader = csv.reader(io.StringIO(text))
+    rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    if not rows:
+        raise DataError(
+            f"{path}: the CSV file is empty; write a header line (e.g. x,t,u) and one row "
+            "per sensor"
         )
+    header = [cell.strip() for cell in rows[0][1]]
+    if "" in header:
+        raise DataError(
+            f"{path}: CSV header {header} has an empty column name (column "
+            f"{header.index('') + 1}); name every column"
+        )
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(f"{path}: CSV header names column(s) {repeated} twice; name each once")
+    if "u" not in header:
+        raise DataError(
+            f"{path}: CSV header {header} has no 'u' column (the observed values); the first "
+            "line must name the columns, e.g. x,t,u"
+        )
+    reserved = [c for c in header if c in _RESERVED_COLUMNS]
+    if reserved:
+        raise DataError(f"{path}: CSV column name(s) {reserved} are reserved; rename them")
+    if len(rows) == 1:
+        raise DataError(f"{path}: the CSV has a header but no rows; add one row per sensor")
+    table = np.empty((len(rows) - 1, len(header)))
+    for i, (line, row) in enumerate(rows[1:]):
+        if len(row) != len(header):
+            raise DataError(
+                f"{path}: line {line} has {len(row)} value(s) but the header names "
+                f"{len(header)} columns ({','.join(header)}); the file may be truncated: "
+                "complete or delete that line"
+            )
+        for j, cell in enumerate(row):
+            try:
+                table[i, j] = float(cell)
+            except ValueError:
+                raise DataError(
+                    f"{path}: line {line}, column '{header[j]}': {cell.strip()!r} is not a "
+                    "number; every value must be a number (use '.' as the decimal point)"
+                ) from None
     cols = {name: table[:, i] for i, name in enumerate(header)}
     u = cols.pop("u")
     noise = cols.pop("noise_std", None)
     return sensors(u=u, noise_std=noise, **cols)
+
+
+def _warn_repeated_coordinates(ds: xr.Dataset, path: Path) -> None:
+    pts = points(ds)
+    _, first, counts = np.unique(pts, axis=0, return_index=True, return_counts=True)
+    if (counts == 1).all():
+        return
+    repeats = np.setdiff1d(np.arange(pts.shape[0]), first)
+    sensor = int(repeats[0])
+    same = int(np.flatnonzero((pts == pts[sensor]).all(axis=1))[0])
+    where = ", ".join(
+        f"{c} = {v:g}" for c, v in zip(coordinate_names(ds), pts[sensor], strict=True)
+    )
+    log.warning(
+        "%s: %d sensor(s) repeat the coordinates of an earlier one (e.g. sensor %d = sensor %d "
+        "at %s); they are fitted as repeated independent measurements",
+        path,
+        repeats.size,
+        sensor,
+        same,
+        where,
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def _as_1d(values: object, field: str) -> np.ndarray:

@@ -3,13 +3,18 @@
 A run directory holds ``config.toml`` (the resolved config), ``posterior.nc`` (the DataTree,
 with the field on the evaluation grid in ``predictions``), ``metrics.json``, ``report.html``
 and ``log.txt``; each is written atomically, so a crash never leaves a
-half-written file. ``resume=True`` reuses a finished ``posterior.nc`` whose config matches,
-and otherwise lets a checkpointing backend (VI) continue from ``checkpoints/``.
+half-written file; files take the user's umask and ``posterior.nc`` is zlib-compressed.
+``resume=True`` reuses a finished ``posterior.nc`` made from the same inputs (the config,
+the bytes of a sensor data file and the versions of :data:`NUMERIC_PACKAGES`), and otherwise
+lets a checkpointing backend (VI) continue from ``checkpoints/``. A report that cannot be
+drawn is a warning in ``log.txt`` and in ``metrics.json``'s ``warnings`` (shown by
+``ucsciml summary``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -26,15 +31,18 @@ import xarray as xr
 from ucsciml import calibration, diagnostics, registry, replicates
 from ucsciml import config as case_config
 from ucsciml import data as sensor_data
-from ucsciml._io import write_json, write_text
+from ucsciml._io import file_digest, write_datatree, write_json, write_text
 from ucsciml.calibrated import calibrate_run
 from ucsciml.pde.base import AbstractPDE
-from ucsciml.posterior import Posterior, load, save_tree, tree_attr
+from ucsciml.posterior import Posterior, load, tree_attr
 from ucsciml.program import compile as compile_program
-from ucsciml.provenance import config_hash
+from ucsciml.provenance import config_hash, package_versions
 from ucsciml.report import report
 
 log = logging.getLogger("ucsciml")
+
+#: Packages whose version changes the numbers of a fit; ``--resume`` refits when one moved.
+NUMERIC_PACKAGES = ("ucsciml", "jax", "jaxlib", "numpyro", "blackjax", "optax", "equinox")
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,8 @@ def run_case(
         backend: backend name overriding ``[case] backend``.
         seed: seed overriding ``[case] seed`` (converted once into a PRNG key).
         out: run directory; default ``root/<case>/<backend>-seed<seed>``.
-        resume: reuse ``posterior.nc`` in ``out`` when its config hash matches.
+        resume: reuse ``posterior.nc`` in ``out`` when its inputs hash matches (config,
+            sensor file contents, package versions).
         root: parent of default run directories.
     """
     cfg = {**cfg, "case": {**cfg["case"]}}
@@ -151,6 +160,8 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     write_text(run_dir / "config.toml", tomli_w.dumps(_toml_safe(cfg)))
     pde = case_config.build(cfg["pde"], "pde")
     data = _load_data(cfg, pde)
+    inputs = run_inputs(cfg)
+    ihash = config_hash({"config_hash": chash, **inputs})
     settings = case_config.calibration_settings(cfg)
     holdout = None
     if settings is not None and settings.holdout > 0:
@@ -173,17 +184,12 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     program = compile_program(model, data)
     posterior_path = run_dir / "posterior.nc"
     key = jax.random.key(seed)
-    reused = False
-    if (
-        resume
-        and posterior_path.exists()
-        and tree_attr(load(posterior_path), "ucsciml_config_hash") == chash
-    ):
-        tree = load(posterior_path)
+    previous = _reusable_tree(posterior_path, ihash, inputs) if resume else None
+    reused = previous is not None
+    if previous is not None:
+        tree = previous
         wall = float(tree_attr(tree, "ucsciml_wall_time_s", float("nan")))
         posterior = Posterior.from_datatree(tree, program, jax.random.fold_in(key, 1))
-        reused = True
-        log.info("resume: reusing %s (config hash %s)", posterior_path, chash)
     else:
         start = time.perf_counter()
         posterior = backend.run(program, key)
@@ -193,13 +199,15 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         tree.attrs.update(
             {
                 "ucsciml_config_hash": chash,
+                "ucsciml_inputs_hash": ihash,
+                "ucsciml_inputs": json.dumps(inputs, sort_keys=True),
                 "ucsciml_seed": seed,
                 "ucsciml_backend": backend_name,
                 "ucsciml_wall_time_s": wall,
                 "ucsciml_case": cfg["case"]["name"],
             }
         )
-        save_tree(tree, posterior_path)  # the raw posterior is safe before scoring starts
+        write_datatree(tree, posterior_path)  # the raw posterior is safe before scoring
     handler.flush()
     diag = diagnostics.check(tree)
     grid, field_key = cfg["evaluation"]["grid"], jax.random.fold_in(key, 2)
@@ -209,6 +217,8 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         "backend": backend_name,
         "seed": seed,
         "config_hash": chash,
+        "inputs_hash": ihash,
+        "data_sha256": inputs["data_sha256"],
         "wall_time_s": wall,
         "resumed": reused,
         "diagnostics": diag.to_dict(),
@@ -240,10 +250,11 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         for name, group in result.groups.items():
             tree[name] = xr.DataTree(group)
         _log_calibration(result.metrics)
-    write_json(run_dir / "metrics.json", metrics)
     if changed:
-        save_tree(tree, posterior_path)
-    _write_report(tree, run_dir / "report.html")
+        write_datatree(tree, posterior_path)
+    failure = _write_report(tree, run_dir / "report.html")
+    metrics["warnings"] = [failure] if failure else []
+    write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
     log.info("diagnostics: %s", diag.verdict)
     for message in diag.messages:
         log.warning("%s", message)
@@ -365,11 +376,59 @@ def field_metrics(
     }
 
 
-def _write_report(tree: xr.DataTree, path: Path) -> None:
+def _write_report(tree: xr.DataTree, path: Path) -> str | None:
+    """Write the report; on failure log a warning and return it (``metrics["warnings"]``,
+    shown by ``ucsciml summary``) instead of losing the saved results."""
     try:
         report(tree, path)
     except Exception as err:  # the run's results are saved; a report failure must not lose them
-        log.error("report.html not written: %s: %s", type(err).__name__, err)
+        message = (
+            f"report.html not written: {type(err).__name__}: {err}; the posterior is saved: "
+            f"retry with `ucsciml report {path.parent}`"
+        )
+        log.warning("%s", message)
+        return message
+    return None
+
+
+def run_inputs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run's result depends on beyond its config: the SHA-256 of a ``[data] source =
+    "file"`` sensor file's bytes (``None`` for synthetic data) and the versions of
+    :data:`NUMERIC_PACKAGES`. ``--resume`` reuses a posterior only when these match too."""
+    spec = cfg["data"]
+    versions = package_versions()
+    return {
+        "data_sha256": file_digest(spec["path"]) if spec["source"] == "file" else None,
+        "versions": {name: versions.get(name, "not installed") for name in NUMERIC_PACKAGES},
+    }
+
+
+def _reusable_tree(path: Path, ihash: str, inputs: Mapping[str, Any]) -> xr.DataTree | None:
+    """The saved posterior when it was made from these very inputs, else ``None`` (logged)."""
+    if not path.exists():
+        return None
+    try:
+        tree = load(path)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        log.warning("resume: %s is unreadable (%s: %s); refitting", path, type(err).__name__, err)
+        return None
+    if tree_attr(tree, "ucsciml_inputs_hash") == ihash:
+        log.info("resume: reusing %s (inputs hash %s)", path, ihash)
+        return tree
+    saved = tree_attr(tree, "ucsciml_inputs") or {}
+    if not isinstance(saved, dict):
+        saved = {}
+    changed = [
+        what
+        for what, key in (("the sensor data file", "data_sha256"), ("package versions", "versions"))
+        if key in saved and saved[key] != inputs[key]
+    ]
+    log.info(
+        "resume: %s was made from other inputs (%s changed); refitting",
+        path,
+        ", ".join(changed) or "the config",
+    )
+    return None
 
 
 def _with_checkpoints(backend, run_dir: Path, resume: bool):
@@ -391,7 +450,11 @@ def _load_data(cfg, pde) -> xr.Dataset:
     # every --seed of one case sees the same sensors.
     spec = cfg["data"]
     if spec["source"] == "file":
-        return sensor_data.load(spec["path"])
+        data = sensor_data.load(spec["path"])
+        try:
+            return sensor_data.check_domain(data, pde.domain)
+        except sensor_data.DataError as err:
+            raise sensor_data.DataError(f"{spec['path']}: {err}") from None
     return synthetic_sensors(
         pde, spec["num_sensors"], spec["noise"], spec["seed"], spec.get("placement", "interior")
     )
