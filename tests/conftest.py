@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import os
 from pathlib import Path
 
 import jax
@@ -16,6 +18,39 @@ import ucsciml as uq
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 if not SHARED.exists():
     SHARED = Path(__file__).resolve().parents[1] / "shared"
+
+
+#: Inputs the property-based (hypothesis) tests ran, by test and outcome; printed at the end
+#: of the session (``pytest_terminal_summary``).
+HYPOTHESIS_COUNTS: collections.Counter[tuple[str, str]] = collections.Counter()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not HYPOTHESIS_COUNTS:
+        return
+    terminalreporter.section("hypothesis: generated inputs")
+    tests = sorted({test for test, _ in HYPOTHESIS_COUNTS})
+    for test in tests:
+        outcomes = {o: n for (t, o), n in HYPOTHESIS_COUNTS.items() if t == test}
+        detail = ", ".join(f"{o} {n}" for o, n in sorted(outcomes.items()))
+        terminalreporter.write_line(f"{test}: {sum(outcomes.values())} ({detail})")
+    total = sum(n for (_, o), n in HYPOTHESIS_COUNTS.items())
+    failed = sum(n for (_, o), n in HYPOTHESIS_COUNTS.items() if o == "FAILED")
+    terminalreporter.write_line(
+        f"total: {total} inputs, {failed} failed (uncaught exception, silent NaN or an error "
+        "message naming no field or file)"
+    )
+
+
+def require_or_skip(condition: bool, reason: str) -> None:
+    """Skip the calling test when ``condition`` is false, or fail it when the environment
+    variable ``CI`` is ``true``: in CI a missing tool (Chromium, simulated devices) is a
+    broken environment, not a reason to pass silently."""
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: this test must run in CI, so it fails, not skips)")
+    pytest.skip(reason)
 
 
 @pytest.fixture

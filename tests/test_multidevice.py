@@ -5,14 +5,21 @@ import arviz_stats as azs
 import jax
 import numpy as np
 import pytest
+from conftest import require_or_skip
 
 import ucsciml as uq
 from ucsciml import inference
 
-pytestmark = [
-    pytest.mark.multidevice,
-    pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 (simulated) devices"),
-]
+pytestmark = pytest.mark.multidevice
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _four_devices():
+    require_or_skip(
+        jax.device_count() >= 4,
+        "needs 4 (simulated) devices: XLA_FLAGS=--xla_force_host_platform_device_count=4",
+    )
+
 
 SETTINGS = dict(num_warmup=200, num_samples=400, num_chains=8, progress_bar=False)
 

@@ -14,7 +14,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 import xarray as xr
-from conftest import TINY_CASE
+from conftest import TINY_CASE, require_or_skip
 
 import ucsciml as uq
 from ucsciml.cli import main
@@ -107,11 +107,12 @@ def test_report_rejects_a_tree_without_posterior(tmp_path):
         uq.report(xr.DataTree(), tmp_path / "x.html")
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="headless Chromium (Debian package `chromium`) is not installed"
-)
 def test_report_renders_in_headless_chromium(report_path, tmp_path):
     import matplotlib.image
+
+    require_or_skip(
+        CHROMIUM.exists(), "headless Chromium (Debian package `chromium`) is not installed"
+    )
 
     shot = tmp_path / "shot.png"
     result = subprocess.run(

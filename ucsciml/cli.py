@@ -1,21 +1,34 @@
 """The ``ucsciml`` command line: run cases, list what exists, summarise run directories.
 
-Exit codes: 0 on success, 2 for bad input (config, data, arguments, missing files),
-1 for anything unexpected.
+Exit codes: 0 on success, 2 for bad input (config, data, arguments, missing or unreadable
+files, a run directory another run is using), 1 for anything unexpected.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 from ucsciml import registry
+from ucsciml.rundir import RunDirectoryBusy, load_metrics, load_tree
 
-CASE_DIR = Path(__file__).resolve().parents[1] / "case_studies"
+#: The bundled case files: installed, ``case_studies/`` ships as package data ``ucsciml/cases/``
+#: (pyproject.toml's ``package-dir``); in a source checkout (or an editable install) they are
+#: read from ``case_studies/`` itself, so there is one copy of each.
+CASE_DIR = next(
+    (
+        folder
+        for folder in (
+            Path(__file__).resolve().parent / "cases",
+            Path(__file__).resolve().parents[1] / "case_studies",
+        )
+        if folder.is_dir()
+    ),
+    Path(__file__).resolve().parent / "cases",
+)
 DEFAULT_CASE = "burgers_inverse"
 
 
@@ -29,12 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.quiet)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, TypeError) as err:
+    except (FileNotFoundError, ValueError, TypeError, RunDirectoryBusy) as err:
         print(f"ucsciml: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ucsciml: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `ucsciml list | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def use_every_core(environ=os.environ) -> None:
@@ -104,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         "case",
         nargs="?",
         default=None,
-        help=f"case TOML file or name in case_studies/ (default: {DEFAULT_CASE})",
+        help=f"case TOML file, or the name of a bundled case (`ucsciml list`; default: {DEFAULT_CASE})",
     )
     run.add_argument("--backend", help=f"inference backend: {', '.join(sorted(registry.BACKENDS))}")
     run.add_argument("--seed", type=int, help="integer seed for inference (default: the case's)")
@@ -126,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
         "case",
         nargs="?",
         default=None,
-        help=f"case TOML file or name in case_studies/ (default: {DEFAULT_CASE})",
+        help=f"case TOML file, or the name of a bundled case (`ucsciml list`; default: {DEFAULT_CASE})",
     )
     study.add_argument(
         "--backends",
@@ -153,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         "case",
         nargs="?",
         default=None,
-        help=f"case TOML file or name in case_studies/ (default: {DEFAULT_CASE}); "
+        help=f"case TOML file, or the name of a bundled case (default: {DEFAULT_CASE}); "
         "needs [data] source = 'synthetic'",
     )
     cov.add_argument(
@@ -198,7 +214,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def case_path(name: str | None) -> Path:
-    """A case argument (path or bare name) to a case file path."""
+    """A case argument to a case file path: an existing file or a ``.toml`` path as given, a
+    bare name (``burgers_inverse``) as the bundled case :data:`CASE_DIR`/``NAME.toml``, no
+    argument as the default case."""
     if name is None:
         return CASE_DIR / f"{DEFAULT_CASE}.toml"
     path = Path(name)
@@ -273,8 +291,8 @@ def _cmd_summary(args) -> int:
     from ucsciml.diagnostics import check
 
     run_dir = Path(args.run_dir)
-    tree = load_run_tree(run_dir)
-    metrics = _run_metrics(run_dir)
+    tree = load_tree(run_dir)
+    metrics = load_metrics(run_dir)
     print(f"run: {run_dir}")
     print(check(tree).to_text())
     if metrics is not None:
@@ -287,60 +305,9 @@ def _cmd_report(args) -> int:
     from ucsciml.report import report
 
     run_dir = Path(args.run_dir)
-    path = report(load_run_tree(run_dir), args.out or run_dir / "report.html")
+    path = report(load_tree(run_dir), args.out or run_dir / "report.html")
     print(f"report: {path}")
     return 0
-
-
-def load_run_tree(run_dir: Path):
-    """The DataTree in ``run_dir/posterior.nc``.
-
-    Raises:
-        FileNotFoundError: when the folder or its ``posterior.nc`` is missing.
-        DataError: when ``posterior.nc`` is not a readable posterior (truncated, corrupt,
-            another kind of netCDF file), naming the file and the fix.
-    """
-    from ucsciml.data import DataError
-    from ucsciml.posterior import load
-
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
-    path = run_dir / "posterior.nc"
-    try:
-        tree = load(path)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise DataError(
-            f"{path}: not a readable posterior ({type(err).__name__}: {first}); the file is "
-            f"truncated or corrupt: rerun the case with `ucsciml run ... --out {run_dir}`"
-        ) from None
-    if "posterior" not in tree.children:
-        raise DataError(
-            f"{path}: has no 'posterior' group (groups: {sorted(tree.children)}); it is not a "
-            "posterior written by `ucsciml run`"
-        )
-    return tree
-
-
-def _run_metrics(run_dir: Path) -> dict | None:
-    """``run_dir/metrics.json``, or ``None`` when absent; unreadable JSON is a DataError."""
-    from ucsciml.data import DataError
-
-    path = run_dir / "metrics.json"
-    if not path.exists():
-        return None
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(
-            f"{path}: not valid JSON ({err}); the file is truncated or corrupt: rerun the "
-            f"case with `ucsciml run ... --out {run_dir}`"
-        ) from None
-    if not isinstance(metrics, dict):
-        raise DataError(f"{path}: expected a JSON object, got {type(metrics).__name__}")
-    return metrics
 
 
 def _cmd_compare(args) -> int:
@@ -356,7 +323,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    print("cases (case_studies/):")
+    print(f"cases ({CASE_DIR}):")
     for path in sorted(CASE_DIR.glob("*.toml")):
         print(f"  {path.stem}")
     for title, table in (

@@ -45,12 +45,17 @@ Example case::
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
+import functools
 import inspect
 import logging
+import math
 import os
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -148,16 +153,34 @@ def data_path(value: str, case_dir: str | os.PathLike) -> Path:
 
 
 def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
-    """Validate a raw config mapping and fill defaults."""
+    """Validate a raw config mapping and fill defaults.
+
+    Besides the tables' keys, every value is checked against the type the code declares for
+    it (a dataclass field's annotation), NaN and infinity are refused anywhere, seeds must be
+    ``>= 0`` and ``[evaluation] grid`` needs one positive size per PDE coordinate.
+    """
     cfg = copy.deepcopy(raw)
     _only(cfg, TOP_KEYS, "the top level", source)
     for table in ("case", "pde", "model"):
         if table not in cfg:
             raise ConfigError(f"{source}: missing table [{table}]")
+    for table in TOP_KEYS:
+        if table in cfg and not isinstance(cfg[table], dict):
+            raise ConfigError(
+                f"{source}: [{table}] must be a table (a [{table}] header followed by "
+                f"key = value lines), got {table} = {cfg[table]!r}"
+            )
+    _check_finite(cfg, (), source)
     case = cfg["case"]
     _check_types(case, CASE_KEYS, "[case]", source)
     if "name" not in case:
         raise ConfigError(f"{source}: [case] needs a name")
+    name = case["name"]
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError(
+            f"{source}: [case] name must be a plain folder name (it names the run directory "
+            f"runs/<name>/): no '/', '\\' or NUL, not empty, '.' or '..'; got {name!r}"
+        )
     case.setdefault("seed", 0)
     case.setdefault("backend", "nuts")
     case.setdefault("description", "")
@@ -185,6 +208,13 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
                 ", ".join(ignored),
                 "it" if len(ignored) == 1 else "them",
             )
+    for table, values in (("case", case), ("data", data)):
+        if values["seed"] < 0:
+            raise ConfigError(
+                f"{source}: [{table}] seed must be an integer >= 0, got {values['seed']}"
+            )
+    if "\0" in data.get("path", ""):
+        raise ConfigError(f"{source}: [data] path contains a NUL character: {data['path']!r}")
     if data["num_sensors"] < 1:
         raise ConfigError(f"{source}: [data] num_sensors must be >= 1, got {data['num_sensors']}")
     if data["noise"] < 0:
@@ -200,6 +230,11 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
         raise ConfigError(f"{source}: [backend] must be a table of [backend.<name>] tables")
     resolved = {}
     for name, settings in backends.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(
+                f"{source}: [backend.{name}] must be a table of the backend's settings, got "
+                f"backend.{name} = {settings!r}"
+            )
         resolved[name] = _resolve_object(
             {"name": name, **settings}, registry.BACKENDS, f"backend.{name}", source, skip=()
         )
@@ -214,7 +249,34 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
         cfg["calibration"] = _resolve_calibration(cfg["calibration"], source)
     cfg["evaluation"] = {"grid": [64, 32], **cfg.get("evaluation", {})}
     _check_types(cfg["evaluation"], EVAL_KEYS, "[evaluation]", source)
+    coords = registry.resolve(registry.PDES, cfg["pde"]["name"], "pde").coords
+    grid = cfg["evaluation"]["grid"]
+    if len(grid) != len(coords) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in grid
+    ):
+        raise ConfigError(
+            f"{source}: [evaluation] grid must be {len(coords)} positive integers, the number "
+            f"of points along {', '.join(coords)}, e.g. grid = {[64, 32, 32][: len(coords)]}; "
+            f"got {grid!r}"
+        )
     return cfg
+
+
+def _check_finite(value: Any, where: tuple[str, ...], source: str) -> None:
+    """Refuse NaN and infinity anywhere in a case file (TOML allows ``nan`` and ``inf``)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, (*where, str(key)), source)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, (*where[:-1], f"{where[-1]}[{i}]"), source)
+    elif isinstance(value, float) and not math.isfinite(value):
+        table = ".".join(where[:-1])
+        raise ConfigError(
+            f"{source}: [{table}] {where[-1]} = {value} is not a finite number; NaN and "
+            "infinity are never valid in a case file: give a finite value, or remove the key "
+            "to use its default"
+        )
 
 
 def _resolve_calibration(table: Any, source: str) -> dict[str, Any]:
@@ -267,24 +329,29 @@ def build_backend(cfg: dict[str, Any], name: str) -> Any:
 def build_prior(spec: dict[str, Any]) -> Unknown:
     """``{prior = "LogNormal", loc = ..., scale = ..., truth = ...}`` -> :class:`Unknown`."""
     params = {k: v for k, v in spec.items() if k not in ("prior", "truth")}
-    cls = PRIORS.get(spec["prior"])
+    cls = PRIORS.get(spec["prior"]) if isinstance(spec["prior"], str) else None
     if cls is None:
-        raise ConfigError(f"unknown prior '{spec['prior']}'; choose one of {sorted(PRIORS)}")
+        raise ConfigError(f"unknown prior {spec['prior']!r}; choose one of {sorted(PRIORS)}")
     allowed = [p for p in inspect.signature(cls).parameters if p not in ("validate_args", "self")]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ConfigError(
             f"prior {spec['prior']} has no parameter(s) {unknown}; allowed: {allowed}"
         )
+    for key, value in {**params, "truth": spec.get("truth", 0.0)}.items():
+        if not _accepts(float, value) or not math.isfinite(value):
+            raise ConfigError(
+                f"prior {spec['prior']}: {key} must be a finite number, got {value!r}"
+            )
     try:
         prior = cls(**{k: float(v) for k, v in params.items()}, validate_args=True)
+        return Unknown(prior, truth=spec.get("truth"))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"prior {spec['prior']}{params}: {err}") from None
-    return Unknown(prior, truth=spec.get("truth"))
 
 
 def _resolve_object(table, names, kind, source, skip):
-    if not isinstance(table, dict) or "name" not in table:
+    if not isinstance(table, dict) or not isinstance(table.get("name"), str):
         raise ConfigError(f"{source}: [{kind}] needs name = one of {sorted(names)}")
     try:
         cls = registry.resolve(names, table["name"], kind.split(".")[0])
@@ -294,6 +361,7 @@ def _resolve_object(table, names, kind, source, skip):
     current = [k for k, f in fields.items() if "deprecated" not in f.metadata]
     _only(table, ("name", *fields), f"[{kind}]", source, shown=("name", *current))
     table = _move_deprecated(table, fields, kind, source)
+    hints = _hints(cls)
     out = {"name": table["name"]}
     for key, f in fields.items():
         if "deprecated" in f.metadata:
@@ -302,6 +370,7 @@ def _resolve_object(table, names, kind, source, skip):
             out[key] = _resolve_sub_table(table.get(key, {}), f, f"{kind}.{key}", source)
         elif key in table:
             value = table[key]
+            _check_value(value, hints.get(key, Any), f"[{kind}] {key}", source)
             if _is_prior(value):
                 _check_prior_spec(value, f"[{kind}] {key}", source)
             out[key] = value
@@ -366,10 +435,91 @@ def _resolve_sub_table(value, f, where, source):
             f"{source}: [{where}] must be a table with keys from {allowed}, got {value!r}"
         )
     _only(value, allowed, f"[{where}]", source)
+    hints = _hints(cls)
+    for key, item in value.items():
+        _check_value(item, hints.get(key, Any), f"[{where}] {key}", source)
     try:
         return dataclasses.asdict(cls(**{**dataclasses.asdict(f.default), **value}))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{source}: [{where}] {err}") from None
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    """The resolved field annotations of ``cls`` (``{}`` when they cannot be resolved)."""
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError, AttributeError):
+        return {}
+
+
+def _check_value(value: Any, hint: Any, where: str, source: str) -> None:
+    """Refuse a case-file value that cannot be a field annotated ``hint``."""
+    if _accepts(hint, value) is False:
+        raise ConfigError(f"{source}: {where} must be {_describe(hint)}, got {value!r}")
+
+
+def _accepts(hint: Any, value: Any) -> bool | None:
+    """Whether a TOML value fits ``hint``; ``None`` for annotations a case file cannot meet
+    or this check does not know (callables, arrays): the class's own checks decide."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [_accepts(a, value) for a in args if a is not type(None)]
+        return True if True in verdicts else (None if None in verdicts else False)
+    if origin is typing.Literal:
+        return any(type(value) is type(a) and value == a for a in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is Unknown:
+        return _is_prior(value)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, list):
+            return False
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(args) != len(value):
+                return False
+            pairs = list(zip(args, value, strict=True))
+        else:
+            pairs = [(args[0] if args else Any, item) for item in value]
+        verdicts = [_accepts(h, item) for h, item in pairs]
+        return False if False in verdicts else (None if None in verdicts else True)
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            return False
+        verdicts = [_accepts(args[1] if args else Any, item) for item in value.values()]
+        return False if False in verdicts else (None if None in verdicts else True)
+    return None
+
+
+def _describe(hint: Any) -> str:
+    """``hint`` in the words of a case file."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is typing.Literal:
+        return f"one of {list(args)}"
+    if origin in (tuple, list, collections.abc.Sequence):
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+        return f"a list, each item {_describe(args[0]) if args else 'any value'}"
+    if origin in (dict, collections.abc.Mapping):
+        return "a table"
+    words = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Unknown: 'a prior table such as { prior = "Normal", loc = 0.0, scale = 1.0 }',
+    }
+    return words.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def _plain(value):
@@ -383,9 +533,9 @@ def _is_prior(value) -> bool:
 
 
 def _check_prior_spec(value, where, source):
-    if value["prior"] not in PRIORS:
+    if not isinstance(value["prior"], str) or value["prior"] not in PRIORS:
         raise ConfigError(
-            f"{source}: {where}: unknown prior '{value['prior']}'; choose one of {sorted(PRIORS)}"
+            f"{source}: {where}: unknown prior {value['prior']!r}; choose one of {sorted(PRIORS)}"
         )
     try:
         build_prior(value)

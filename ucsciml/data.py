@@ -131,8 +131,8 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         if var.dims != (SENSOR_DIM,):
             raise DataError(f"field '{field}' has dims {var.dims}; expected ('{SENSOR_DIM}',)")
         values = np.asarray(var.values)
-        if not np.issubdtype(values.dtype, np.number):
-            raise DataError(f"field '{field}' has dtype {values.dtype}; expected numbers")
+        if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+            raise DataError(f"field '{field}' has dtype {values.dtype}; expected real numbers")
         bad = ~np.isfinite(values)
         if bad.any():
             idx = np.flatnonzero(bad)[:5].tolist()
@@ -284,7 +284,9 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
 
 def _load_netcdf(path: Path) -> xr.Dataset:
     try:
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
+        # phony_dims: plain HDF5 datasets (no netCDF dimensions) get named dimensions, so
+        # the error below names what is missing instead of h5netcdf warning about it.
+        with xr.open_dataset(path, engine="h5netcdf", phony_dims="access") as ds:
             return ds.load()
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise DataError(
@@ -308,7 +310,13 @@ def _load_csv(path: Path) -> xr.Dataset:
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err}); check it") from None
     reader = csv.reader(io.StringIO(text))
-    rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    try:
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except csv.Error as err:  # e.g. a field longer than csv.field_size_limit()
+        raise DataError(
+            f"{path}: line {reader.line_num} is not valid CSV ({err}); the file may be "
+            "damaged or not CSV at all"
+        ) from None
     if not rows:
         raise DataError(
             f"{path}: the CSV file is empty; write a header line (e.g. x,t,u) and one row "
@@ -327,6 +335,12 @@ def _load_csv(path: Path) -> xr.Dataset:
         raise DataError(
             f"{path}: CSV header {header} has no 'u' column (the observed values); the first "
             "line must name the columns, e.g. x,t,u"
+        )
+    spaced = [c for c in header if len(c.split()) != 1]
+    if spaced:
+        raise DataError(
+            f"{path}: CSV column name(s) {spaced} contain whitespace; name each column with "
+            "one word, e.g. x,t,u"
         )
     reserved = [c for c in header if c in _RESERVED_COLUMNS]
     if reserved:

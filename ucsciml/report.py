@@ -601,25 +601,26 @@ def compare_runs(run_dirs) -> list[dict]:
     """One row per run directory: backend, time, parameters, field scores and LOO/ELPD.
 
     ELPD-LOO comes from ``arviz_stats.loo`` (PSIS) where the tree has a ``log_likelihood``
-    group; ``arviz_stats.compare`` ranks the runs when at least two have one. Pareto-k
-    warnings are recorded in the row (``loo_warning``), not raised.
+    group; ``arviz_stats.compare`` ranks the runs when at least two have one. Nothing is
+    swallowed: a LOO that raised is the row's ``loo_error``, Pareto-k and other warnings are
+    its ``loo_warning``, a ranking that failed is ``compare_error`` on every row; each is
+    logged as a warning and printed by :func:`compare_text`. A run without a
+    ``log_likelihood`` group gets a ``loo_note`` saying so.
 
     Raises:
-        FileNotFoundError: when a directory has no ``posterior.nc``.
+        FileNotFoundError: when a directory or its ``posterior.nc`` is missing.
+        DataError: when ``posterior.nc`` or ``metrics.json`` is unreadable, naming the file.
     """
     import warnings
 
     import arviz_stats as azs
 
-    from ucsciml.posterior import load
+    from ucsciml.rundir import load_metrics, load_tree
 
     rows, trees = [], {}
     for run_dir in map(Path, run_dirs):
-        tree = load(run_dir / "posterior.nc")
-        metrics_path = run_dir / "metrics.json"
-        metrics = (
-            json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
-        )
+        tree = load_tree(run_dir)
+        metrics = load_metrics(run_dir) or {}
         name = _unique(run_dir.name, [r["run"] for r in rows])
         row = {
             "run": name,
@@ -638,33 +639,64 @@ def compare_runs(run_dirs) -> list[dict]:
                     elpd = azs.loo(tree)
                     row["elpd_loo"], row["elpd_loo_se"] = float(elpd.elpd), float(elpd.se)
                     trees[name] = tree
-                except Exception as err:  # LOO is optional: report why it is missing
-                    row["loo_warning"] = f"{type(err).__name__}: {err}"
+                except Exception as err:  # arviz raises many types; the row says which
+                    row["loo_error"] = f"{type(err).__name__}: {_first_line(err)}"
+                    log.warning("%s: ELPD-LOO not computed: %s", run_dir, row["loo_error"])
             if caught:
                 row["loo_warning"] = "; ".join(sorted({str(w.message) for w in caught}))
+                log.warning("%s: LOO warning: %s", run_dir, row["loo_warning"])
+        else:
+            row["loo_note"] = "posterior.nc has no log_likelihood group"
         rows.append(row)
     if len(trees) >= 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            table = azs.compare(trees)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                table = azs.compare(trees)
+            except Exception as err:  # e.g. runs on different data
+                table = None
+                message = f"{type(err).__name__}: {_first_line(err)}"
+                log.warning("LOO ranking not computed: %s", message)
+                for row in rows:
+                    row["compare_error"] = message
         for row in rows:
-            if row["run"] in table.index:
+            if table is not None and row["run"] in table.index:
                 row["loo_rank"] = int(table.loc[row["run"], "rank"])
                 row["elpd_diff"] = float(table.loc[row["run"], "elpd_diff"])
+        if caught:
+            notes = "; ".join(sorted({str(w.message) for w in caught}))
+            log.warning("LOO ranking warning: %s", notes)
+            for row in rows:
+                row["compare_warning"] = notes
     return rows
 
 
+def compare_notes(rows: list[dict]) -> list[str]:
+    """The comparison's warnings and notes, one line each (failed LOO first)."""
+    notes = [
+        f"WARNING: {r['run']}: ELPD-LOO not computed: {r['loo_error']}"
+        for r in rows
+        if r.get("loo_error")
+    ]
+    if rows and rows[0].get("compare_error"):
+        notes.append(f"WARNING: LOO rank not computed: {rows[0]['compare_error']}")
+    notes += [f"{r['run']}: LOO note: {r['loo_warning']}" for r in rows if r.get("loo_warning")]
+    if rows and rows[0].get("compare_warning"):
+        notes.append(f"LOO rank note: {rows[0]['compare_warning']}")
+    notes += [f"{r['run']}: no ELPD-LOO: {r['loo_note']}" for r in rows if r.get("loo_note")]
+    if any("loo_rank" in r for r in rows):
+        notes.insert(0, "LOO rank: 0 = best (arviz-stats compare; same data only).")
+    return notes
+
+
 def compare_text(rows: list[dict]) -> str:
-    """The comparison as a fixed-width terminal table."""
+    """The comparison as a fixed-width terminal table, its notes below."""
     header, body = _compare_cells(rows)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
     lines = ["  ".join(f"{c:<{w}}" for c, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)) for r in body)
-    notes = [f"{r['run']}: LOO note: {r['loo_warning']}" for r in rows if r.get("loo_warning")]
-    if any("loo_rank" in r for r in rows):
-        notes.insert(0, "LOO rank: 0 = best (arviz-stats compare; same data only).")
-    return "\n".join(lines + notes)
+    return "\n".join(lines + compare_notes(rows))
 
 
 def compare_html(rows: list[dict], path: str | os.PathLike) -> Path:
@@ -675,7 +707,7 @@ def compare_html(rows: list[dict], path: str | os.PathLike) -> Path:
         "predictive density of the observed data (higher is better) ± se; LOO rank from "
         "arviz-stats compare (0 = best; meaningful only between runs on the same data)."
     )
-    notes = [f"{r['run']}: {r['loo_warning']}" for r in rows if r.get("loo_warning")]
+    notes = [n for n in compare_notes(rows) if not n.startswith("LOO rank: 0")]
     return table_page(path, "Run comparison", header, body, notes=[legend, *notes])
 
 
@@ -722,11 +754,22 @@ def _compare_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             "–" if cov is None else f"{100 * cov:.1f}%",
             _num(f.get("crps")),
             _num(f.get("nll")),
-            "–" if "elpd_loo" not in r else f"{r['elpd_loo']:.2f} ± {r['elpd_loo_se']:.2f}",
+            _elpd_cell(r),
             str(r.get("loo_rank", "–")),
         ]
         body.append(cells)
     return header, body
+
+
+def _elpd_cell(row: dict) -> str:
+    if "elpd_loo" in row:
+        return f"{row['elpd_loo']:.2f} ± {row['elpd_loo_se']:.2f}"
+    return "failed (see below)" if row.get("loo_error") else "–"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _unique(name: str, taken: list[str]) -> str:
