@@ -35,6 +35,7 @@ from ucsciml.models._gp_data import (
     transforms,
     with_data_defaults,
 )
+from ucsciml.models._gp_precond import kron_jacobi
 
 #: Chunks of the alternating loop (progress bar resolution).
 CHUNKS = 10
@@ -49,6 +50,7 @@ def fit_sensors(
     cg_tol: float = 1e-8,
     cg_maxiter: int = 100,
     cg_final_maxiter: int | None = None,
+    precondition: bool = True,
     progress: bool = True,
 ) -> solve.SpectralGPFit:
     """Fit a :class:`~ucsciml.models.SpectralGP` to sensor data by the alternating scheme.
@@ -62,6 +64,8 @@ def fit_sensors(
         cg_tol, cg_maxiter: the per-step CG solves (warm-started, capped).
         cg_final_maxiter: cap of the final solve (default ``10 * cg_maxiter``); a
             :class:`RuntimeWarning` is raised when it stops above ``cg_tol``.
+        precondition: precondition CG with the Kronecker-eigenbasis Jacobi preconditioner
+            (:func:`ucsciml.models._gp_precond.kron_jacobi`).
         progress: show a progress bar.
 
     Returns:
@@ -113,8 +117,10 @@ def fit_sensors(
         return -log_p
 
     def conditional_mean(free, z_prev, maxiter):
-        system = solve.linear_system(model, constrain(free), inputs)
-        z, relres = solve.solve_cg_checked(system, shape, system.y, z_prev, cg_tol, maxiter)
+        theta = constrain(free)
+        system = solve.linear_system(model, theta, inputs)
+        pre = kron_jacobi(model, theta, inputs) if precondition else None
+        z, relres = solve.solve_cg_checked(system, shape, system.y, z_prev, cg_tol, maxiter, pre)
         return z, _kron.kron_matvec(system.chols, z), relres
 
     def step(carry, _):

@@ -119,15 +119,14 @@ def linear_system(
     rows, ys, log_scale = [], [], offset.size * jnp.log(scale_r)
     boundary = inputs["boundary_index"]
     if boundary.shape[0] and not physics_only:
-        scale_b = jnp.sqrt(model.boundary_weight * jnp.exp(sites["log_tau1"]))
+        scale_b = boundary_scale(model, sites)
         values = inputs.get("boundary_values", targets)
         rows.append(lambda z, u: scale_b * u.ravel()[boundary])
         ys.append(scale_b * values)
         log_scale = log_scale + boundary.shape[0] * jnp.log(scale_b)
     if "sensor_points" in inputs and not physics_only:
         weights, interp = sensor_weights(model, kparams, chols, inputs["sensor_points"])
-        noise = inputs["sensor_noise"] if "sensor_noise" in inputs else jnp.exp(sites["log_noise"])
-        inv_sd = 1.0 / jnp.sqrt(noise**2 + interp)
+        inv_sd = sensor_scale(sites, inputs, interp)
         rows.append(lambda z, u: inv_sd * _observe.observe(weights, z))
         ys.append(inv_sd * inputs["sensor_values"])
         log_scale = log_scale + jnp.sum(jnp.log(inv_sd))
@@ -160,8 +159,28 @@ def normal_from_system(system: LinearGaussian, shape) -> NormalEquations:
     return NormalEquations(gmat.T @ gmat, gmat.T @ y, y @ y, y.shape[0], system.log_scale)
 
 
-def normal_equations(model, sites: dict, inputs: dict) -> tuple[NormalEquations, NormalEquations]:
-    r"""The normal equations of the residual rows alone and of every row, from the Kronecker
+class DataRows(NamedTuple):
+    r"""The data rows of a whitened system (sensors, boundary values), each scaled to unit
+    noise: :math:`G_d` (``(S, N)``), :math:`y_d` and :math:`\sum_i \log s_i`."""
+
+    g: Array
+    y: Array
+    log_scale: Array
+
+
+def with_rows(physics: NormalEquations, data: DataRows) -> NormalEquations:
+    """The normal equations of every row: the residual rows' plus the data rows'."""
+    return NormalEquations(
+        physics.gtg + data.g.T @ data.g,
+        physics.gty + data.g.T @ data.y,
+        physics.yty + data.y @ data.y,
+        physics.rows + data.y.shape[0],
+        physics.log_scale + data.log_scale,
+    )
+
+
+def normal_equations(model, sites: dict, inputs: dict) -> tuple[NormalEquations, DataRows]:
+    r"""The normal equations of the residual rows and the dense data rows, from the Kronecker
     structure of :func:`linear_system` (dense grids), never forming the residual rows.
 
     With per-axis whitened operators :math:`B_j^{(m)} = D_j^{(m)} L_j^{-\top}` and the
@@ -174,8 +193,9 @@ def normal_equations(model, sites: dict, inputs: dict) -> tuple[NormalEquations,
 
     :math:`O(N^2)` per pair instead of :math:`O(M N^2)` for :math:`M` collocation points;
     sensor rows (Khatri–Rao rows over their noise sd) and boundary rows (of
-    :math:`\otimes_j L_j`) are formed densely and added. Equal to :func:`normal_from_system`
-    of ``linear_system(..., physics_only=True)`` and of ``linear_system(...)``."""
+    :math:`\otimes_j L_j`) are formed densely. The residual block equals
+    :func:`normal_from_system` of ``linear_system(..., physics_only=True)``, and
+    :func:`with_rows` of both that of ``linear_system(...)``."""
     kparams = model.kernel_params(sites)
     chols, operators = model.factors(kparams)
     params = model.pde_params(sites)
@@ -205,30 +225,26 @@ def normal_equations(model, sites: dict, inputs: dict) -> tuple[NormalEquations,
     physics = NormalEquations(
         gtg, gty, tau2 * jnp.sum(offset**2), offset.size, 0.5 * offset.size * log_tau2
     )
-    rows, ys, log_scale = [], [], physics.log_scale
+    rows, ys, log_scale = [], [], jnp.zeros((), gtg.dtype)
     boundary = inputs["boundary_index"]
     if boundary.shape[0]:
-        scale_b = jnp.sqrt(model.boundary_weight * jnp.exp(sites["log_tau1"]))
+        scale_b = boundary_scale(model, sites)
         rows.append(scale_b * _kron.kron_dense(chols)[boundary])
         ys.append(scale_b * inputs["boundary_values"])
         log_scale = log_scale + boundary.shape[0] * jnp.log(scale_b)
     if "sensor_points" in inputs:
         weights, interp = sensor_weights(model, kparams, chols, inputs["sensor_points"])
-        noise = inputs["sensor_noise"] if "sensor_noise" in inputs else jnp.exp(sites["log_noise"])
-        inv_sd = 1.0 / jnp.sqrt(noise**2 + interp)
+        inv_sd = sensor_scale(sites, inputs, interp)
         dense = weights[0]
         for w in weights[1:]:
             dense = (dense[:, :, None] * w[:, None, :]).reshape(dense.shape[0], -1)
         rows.append(dense * inv_sd[:, None])
         ys.append(inputs["sensor_values"] * inv_sd)
         log_scale = log_scale + jnp.sum(jnp.log(inv_sd))
-    yty, count = physics.yty, physics.rows
-    for row, y in zip(rows, ys, strict=True):
-        gtg = gtg + row.T @ row
-        gty = gty + row.T @ y
-        yty = yty + y @ y
-        count += y.shape[0]
-    return physics, NormalEquations(gtg, gty, yty, count, log_scale)
+    size = gtg.shape[0]
+    g = jnp.concatenate(rows) if rows else jnp.zeros((0, size), gtg.dtype)
+    y = jnp.concatenate(ys) if ys else jnp.zeros((0,), gtg.dtype)
+    return physics, DataRows(g, y, log_scale)
 
 
 def residual_coefficients(model, params: dict) -> Array:
@@ -241,6 +257,17 @@ def residual_coefficients(model, params: dict) -> Array:
         return model.pde.residual(derivs, params)[0]
 
     return jax.grad(one_point)(jnp.zeros(len(names)))
+
+
+def boundary_scale(model, sites: dict) -> Array:
+    r"""The Dirichlet rows' scale :math:`\sqrt{\lambda_b \tau_1}`."""
+    return jnp.sqrt(model.boundary_weight * jnp.exp(sites["log_tau1"]))
+
+
+def sensor_scale(sites: dict, inputs: dict, interp: Array) -> Array:
+    """The sensor rows' inverse sds: known or latent noise plus the interpolation variance."""
+    noise = inputs["sensor_noise"] if "sensor_noise" in inputs else jnp.exp(sites["log_noise"])
+    return 1.0 / jnp.sqrt(noise**2 + interp)
 
 
 def sensor_weights(model, kparams, chols, points: Array) -> tuple[list, Array]:
@@ -271,12 +298,19 @@ def solve_cg(
 
 
 def solve_cg_checked(
-    system: LinearGaussian, shape, rhs_y: Array, x0: Array, tol: float, maxiter: int
+    system: LinearGaussian,
+    shape,
+    rhs_y: Array,
+    x0: Array,
+    tol: float,
+    maxiter: int,
+    precond: Callable[[Array], Array] | None = None,
 ) -> tuple[Array, Array]:
     """:func:`solve_cg` and the relative residual it reached (one extra matvec).
 
     ``jax.scipy.sparse.linalg.cg`` stops silently at ``maxiter``; the residual is returned so
-    callers can report an unconverged solve instead of using it unknowingly.
+    callers can report an unconverged solve instead of using it unknowingly. ``precond`` is
+    an SPD ``v -> M^{-1} v`` (:func:`ucsciml.models._gp_precond.kron_jacobi`).
     """
     zero = jnp.zeros(shape)
     gt = jax.linear_transpose(system.g_fn, zero)
@@ -285,7 +319,7 @@ def solve_cg_checked(
         return v + gt(system.g_fn(v))[0]
 
     rhs = gt(rhs_y)[0]
-    z, _ = cg(matvec, rhs, x0=x0, tol=tol, maxiter=maxiter)
+    z, _ = cg(matvec, rhs, x0=x0, tol=tol, maxiter=maxiter, M=precond)
     return z, jnp.linalg.norm(matvec(z) - rhs) / jnp.linalg.norm(rhs)
 
 

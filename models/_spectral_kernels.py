@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 from ucsciml._types import Array
 
@@ -125,6 +126,25 @@ def kernel(kind: str, params: KernelParams, r: Array, order: int = 0) -> Array:
 def gram(kind: str, params: KernelParams, x1: Array, x2: Array, order: int = 0) -> Array:
     """Matrix ``[d^order k(x1_i, x2_j) / dx1^order]`` for 1-D point sets ``x1``, ``x2``."""
     return kernel(kind, params, x1[:, None] - x2[None, :], order)
+
+
+def lattice_gram(
+    kind: str, params: KernelParams, x1: np.ndarray, x2: np.ndarray, order: int = 0
+) -> Array:
+    """:func:`gram` for fixed (NumPy) point sets, the kernel evaluated once per distinct lag.
+
+    A grid and its midpoints share a lattice of half the spacing, so their ``(2n-1) x n``
+    lags take ``4n - 3`` values: evaluating ``Q`` exponentials and cosines on those and
+    gathering is ~``n/4`` times less work, and its reverse pass a scatter-add instead of a
+    pass over every pair (most of a midpoint-collocation step's cost otherwise).
+    """
+    lags = np.subtract.outer(np.asarray(x1, np.float64), np.asarray(x2, np.float64))
+    scale = float(np.abs(lags).max()) or 1.0
+    _, first, inverse = np.unique(
+        np.round(lags.ravel() / scale * 1e12), return_index=True, return_inverse=True
+    )
+    values = kernel(kind, params, jnp.asarray(lags.ravel()[first]), order)
+    return values[inverse.reshape(lags.shape)]
 
 
 def toeplitz_gram(kind: str, params: KernelParams, n: int, spacing: float, order: int = 0) -> Array:

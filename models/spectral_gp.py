@@ -310,7 +310,7 @@ class SpectralGP:
             def cross(m, n=n, h=h, p=p, x=x, xc=xc):
                 if on_grid:
                     return sk.toeplitz_gram(self.kernel, p, n, h, m)
-                return sk.gram(self.kernel, p, jnp.asarray(xc), jnp.asarray(x), m)
+                return sk.lattice_gram(self.kernel, p, xc, x, m)
 
             operators.append({m: _kron.derivative_operator(cross(m), chol) for m in orders})
         return chols, operators
@@ -331,7 +331,7 @@ class SpectralGP:
                 if m == 0 and self.collocation != "midpoints":
                     ops[m] = chol
                     continue
-                cross = sk.gram(self.kernel, p, jnp.asarray(colloc[j]), jnp.asarray(axes[j]), m)
+                cross = sk.lattice_gram(self.kernel, p, colloc[j], axes[j], m)
                 ops[m] = solve_triangular(chol, cross.T, lower=True).T
             out.append(ops)
         return out

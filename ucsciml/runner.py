@@ -8,7 +8,8 @@ half-written file; files take the user's umask and ``posterior.nc`` is zlib-comp
 the bytes of a sensor data file and the versions of :data:`NUMERIC_PACKAGES`), and otherwise
 lets a checkpointing backend (VI) continue from ``checkpoints/``. A report that cannot be
 drawn is a warning in ``log.txt`` and in ``metrics.json``'s ``warnings`` (shown by
-``ucsciml summary``).
+``ucsciml summary``). A run holds the directory's lock (:mod:`ucsciml.rundir`) throughout:
+a second run on the same directory is refused instead of mixing its files with the first's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import tomli_w
 import xarray as xr
 
-from ucsciml import calibration, diagnostics, registry, replicates
+from ucsciml import calibration, diagnostics, registry, replicates, rundir
 from ucsciml import config as case_config
 from ucsciml import data as sensor_data
 from ucsciml._io import file_digest, write_datatree, write_json, write_text
@@ -127,6 +128,9 @@ def run_case(
         resume: reuse ``posterior.nc`` in ``out`` when its inputs hash matches (config,
             sensor file contents, package versions).
         root: parent of default run directories.
+
+    Raises:
+        RunDirectoryBusy: when another live run holds the run directory's lock.
     """
     cfg = {**cfg, "case": {**cfg["case"]}}
     if backend is not None:
@@ -136,6 +140,11 @@ def run_case(
     backend_name, seed = cfg["case"]["backend"], int(cfg["case"]["seed"])
     run_dir = Path(out) if out else Path(root) / cfg["case"]["name"] / f"{backend_name}-seed{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    with rundir.lock(run_dir):
+        return _run_locked(cfg, backend_name, seed, run_dir, resume)
+
+
+def _run_locked(cfg, backend_name, seed, run_dir, resume) -> RunResult:
     handler = _BufferedLog(run_dir / "log.txt")
     previous_level = log.level
     log.setLevel(logging.INFO)  # log.txt always gets the INFO record of the run
@@ -211,7 +220,10 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     handler.flush()
     diag = diagnostics.check(tree)
     grid, field_key = cfg["evaluation"]["grid"], jax.random.fold_in(key, 2)
-    prediction = field_prediction(posterior, pde, grid, field_key)
+    # File data come from an unknown field: the PDE's reference solution is not its truth.
+    known = cfg["data"]["source"] != "file"
+    prediction = field_prediction(posterior, pde, grid, field_key, truth=known)
+    scored = prediction if prediction is not None and "u_true" in prediction else None
     metrics = {
         "case": cfg["case"]["name"],
         "backend": backend_name,
@@ -223,7 +235,9 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         "resumed": reused,
         "diagnostics": diag.to_dict(),
         "parameters": parameter_table(tree, pde),
-        "field": field_metrics(posterior, pde, grid, field_key, prediction=prediction),
+        "field": field_metrics(posterior, pde, grid, field_key, prediction=scored)
+        if scored
+        else {},
     }
     changed = not reused
     if prediction is not None and "predictions" not in tree.children:
@@ -241,7 +255,7 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
             refit_backend=case_config.build_backend(cfg, "ensemble"),
             data_fit=data,
             data_holdout=holdout,
-            prediction=prediction,
+            prediction=scored,
             seed=int(cfg["data"]["seed"]),
             key=jax.random.fold_in(key, 3),
         )
@@ -314,40 +328,46 @@ def parameter_table(tree: xr.DataTree, pde: AbstractPDE) -> dict[str, dict[str, 
 
 
 def field_prediction(
-    posterior: Posterior, pde: AbstractPDE, grid: list[int], key
+    posterior: Posterior, pde: AbstractPDE, grid: list[int], key, *, truth: bool = True
 ) -> xr.Dataset | None:
-    """Predictive draws of ``u`` on the evaluation grid with the true field, or ``None``
-    when the PDE has no reference solution.
+    """Predictive draws of ``u`` on the evaluation grid, with the true field when it is known.
+
+    Args:
+        truth: score against the PDE's reference solution (``False`` for file data, whose
+            field the reference solution does not describe).
 
     Returns:
-        ``Dataset`` with ``u`` ``(chain, draw, *coords)`` and ``u_true`` ``(*coords)``, the
-        grid's coordinate values attached.
+        ``Dataset`` with ``u`` ``(chain, draw, *coords)`` and, where the PDE has a reference
+        solution and ``truth``, ``u_true`` ``(*coords)``, the grid's coordinate values
+        attached; ``None`` when the PDE has neither a reference solution nor a way to
+        predict ``u`` off the data.
     """
-    try:
-        points = evaluation_grid(pde, grid)
-        # The first observable is the scored field: u itself, or the x-velocity for a
-        # stream-function PDE (site "u" in both cases).
-        truth = pde.solve_observables(points)["u"]
-    except (NotImplementedError, ValueError):
-        return None
+    points = evaluation_grid(pde, grid)
+    reference = None
+    if truth:
+        try:
+            # The first observable is the scored field: u itself, or the x-velocity for a
+            # stream-function PDE (site "u" in both cases).
+            reference = pde.solve_observables(points)["u"]
+        except (NotImplementedError, ValueError):
+            return None
     pred = posterior.predict(points, key, sites=("u",))["u"].values
     sizes = [int(n) for n in grid]
     coords = {c: np.linspace(*pde.domain[c], n) for c, n in zip(pde.coords, sizes, strict=True)}
     dims = tuple(pde.coords)
-    return xr.Dataset(
-        {
-            "u": (("chain", "draw", *dims), pred.reshape(*pred.shape[:2], *sizes)),
-            "u_true": (dims, np.asarray(truth).reshape(sizes)),
-        },
-        coords=coords,
-    )
+    data = {"u": (("chain", "draw", *dims), pred.reshape(*pred.shape[:2], *sizes))}
+    if reference is not None:
+        data["u_true"] = (dims, np.asarray(reference).reshape(sizes))
+    return xr.Dataset(data, coords=coords)
 
 
 def with_predictions(tree: xr.DataTree, prediction: xr.Dataset) -> xr.DataTree:
-    """The tree with ``predictions`` (field draws) and ``predictions_constant_data`` (truth)."""
+    """The tree with ``predictions`` (field draws) and, when known, the true field in
+    ``predictions_constant_data``."""
     tree = tree.copy()
     tree["predictions"] = xr.DataTree(prediction[["u"]])
-    tree["predictions_constant_data"] = xr.DataTree(prediction[["u_true"]])
+    if "u_true" in prediction:
+        tree["predictions_constant_data"] = xr.DataTree(prediction[["u_true"]])
     return tree
 
 
