@@ -31,8 +31,21 @@ def sample_scan(
     return jax.lax.scan(body, state, jax.random.split(key, num_steps))
 
 
+def chunk_scan(step_fn: Callable[..., tuple[PyTree, PyTree]]) -> Callable:
+    """``run(state, length, *args) -> (state, infos)``: ``length`` steps of a key-free
+    ``step_fn(state, *args) -> (state, info)`` as one jitted ``lax.scan``. ``args`` (data) are
+    traced, ``length`` is static: build it once per step function and every chunk of that
+    length, in this or a later run on new data of the same shapes, reuses the executable."""
+
+    @partial(jax.jit, static_argnums=1)
+    def run(carry, length, *args):
+        return jax.lax.scan(lambda c, _: step_fn(c, *args), carry, None, length=length)
+
+    return run
+
+
 def scan_in_chunks(
-    step_fn: Callable[[PyTree], tuple[PyTree, PyTree]],
+    run_chunk: Callable[[PyTree, int], tuple[PyTree, PyTree]],
     state: PyTree,
     num_steps: int,
     *,
@@ -40,24 +53,20 @@ def scan_in_chunks(
     chunk_size: int,
     on_chunk: Callable[[PyTree, int, PyTree], None] | None = None,
 ) -> tuple[PyTree, list[PyTree]]:
-    """Run steps ``start .. num_steps`` of a key-free ``step_fn(state) -> (state, info)`` as
-    jitted ``lax.scan`` chunks of ``chunk_size`` steps, calling ``on_chunk(state, step, infos)``
-    after each (e.g. to checkpoint). Chunking never changes the result: every step is the same
-    compiled body, whatever chunk it falls in.
+    """Run steps ``start .. num_steps`` as chunks of ``chunk_size`` steps of
+    ``run_chunk(state, length) -> (state, infos)`` (a :func:`chunk_scan` with its data
+    bound), calling ``on_chunk(state, step, infos)`` after each (e.g. to checkpoint).
+    Chunking never changes the result: every step is the same compiled body, whatever chunk
+    it falls in.
 
     Returns:
         The final state and the list of per-chunk stacked infos.
     """
-
-    @partial(jax.jit, static_argnums=1)
-    def run(carry, length):
-        return jax.lax.scan(lambda c, _: step_fn(c), carry, None, length=length)
-
     infos = []
     step = start
     while step < num_steps:
         length = min(chunk_size, num_steps - step)
-        state, info = run(state, length)
+        state, info = run_chunk(state, length)
         step += length
         infos.append(info)
         if on_chunk is not None:

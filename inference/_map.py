@@ -5,11 +5,14 @@ optimised in their unconstrained space, with the Jacobian the potential includes
 is one ``lax.scan`` over Optax Adam steps, optionally polished by Optax L-BFGS.
 :func:`potential_family` builds potentials of a wrapped model whose extra keyword arguments
 (anchors, dropout masks) are traced, so one compiled program serves every ensemble member or
-optimisation step.
+optimisation step; :func:`family_of` keeps one family per model and data shapes, and the
+cached helpers below (:func:`init_fn`, :func:`constrain_fn`, :func:`with_deterministics`)
+take the data as traced arguments, so no run recompiles them.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -24,21 +27,6 @@ from ucsciml._types import PRNGKey, PyTree
 from ucsciml.inference._mapfit_settings import MAPFit
 from ucsciml.optimize import adam_core, end_point_checks, lbfgs_core
 from ucsciml.program import Program
-
-
-class Potential(NamedTuple):
-    """A program's potential (negative log joint) in unconstrained space."""
-
-    init: Callable[[PRNGKey], PyTree]
-    potential_fn: Callable[[PyTree], jax.Array]
-    postprocess_fn: Callable[[PyTree], dict]
-
-
-def potential(program: Program, key: PRNGKey) -> Potential:
-    """Build init, potential and postprocess functions for a program (the family of
-    :func:`potential_family` with no extra arguments)."""
-    family = potential_family(program, key, program.fn)
-    return Potential(family.init, family.make(), family.postprocess())
 
 
 class PotentialFamily(NamedTuple):
@@ -158,19 +146,58 @@ def check_continuous(program: Program, backend: str) -> None:
 
 
 def with_deterministics(program: Program, latent: dict, key: PRNGKey) -> dict:
-    """Add the model's deterministic sites to flat draws ``{site: (n, ...)}`` of its latents."""
+    """Add the model's deterministic sites to flat draws ``{site: (n, ...)}`` of its latents
+    (one compiled program per model, data shapes and draw count: the data are traced)."""
+    n = next(iter(latent.values())).shape[0]
+    keys = jax.random.split(key, n)
+    return _deterministics(
+        latent, keys, program.inputs, program.targets, fn=program.fn, batch_size=min(n, 64)
+    )
 
-    def one(sample, k):
-        model = handlers.substitute(handlers.seed(program.fn, k), data=sample)
-        trace = handlers.trace(model).get_trace(program.inputs, targets=program.targets)
+
+@functools.partial(jax.jit, static_argnames=("fn", "batch_size"))
+def _deterministics(latent, keys, inputs, targets, *, fn, batch_size):
+    def one(args):
+        sample, k = args
+        model = handlers.substitute(handlers.seed(fn, k), data=sample)
+        trace = handlers.trace(model).get_trace(inputs, targets=targets)
         return {
             name: site["value"]
             for name, site in trace.items()
             if site["type"] == "deterministic" or name in sample
         }
 
-    n = next(iter(latent.values())).shape[0]
-    keys = jax.random.split(key, n)
-    return jax.jit(lambda s, k: jax.lax.map(lambda a: one(*a), (s, k), batch_size=min(n, 64)))(
-        latent, keys
-    )
+    return jax.lax.map(one, (latent, keys), batch_size=batch_size)
+
+
+@functools.lru_cache(maxsize=16)
+def family_of(signature: ProgramSignature) -> PotentialFamily:
+    """The :func:`potential_family` of a program's own model, built once per model and data
+    shapes (NumPyro's site discovery runs the model eagerly): pass ``inputs=``/``targets=``
+    to its functions, since its defaults are the first program's data."""
+    program = signature.program
+    return potential_family(program, jax.random.key(0), program.fn)
+
+
+@functools.lru_cache(maxsize=16)
+def init_fn(signature: ProgramSignature) -> Callable:
+    """``init(keys, inputs, targets)``: one unconstrained prior draw of the latent sites per
+    key (leading axis), compiled once per model and data shapes."""
+    family = family_of(signature)
+
+    def one(k, inputs, targets):
+        return family.init(k, inputs=inputs, targets=targets)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+
+
+@functools.lru_cache(maxsize=16)
+def constrain_fn(signature: ProgramSignature) -> Callable:
+    """``constrain(z, inputs, targets)``: unconstrained points with a leading axis to the
+    constrained latent (and deterministic) sites, one executable per model and data shapes."""
+    family = family_of(signature)
+
+    def one(z, inputs, targets):
+        return family.postprocess(inputs=inputs, targets=targets)(z)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))

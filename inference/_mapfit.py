@@ -14,6 +14,7 @@ under ``lax.map`` on a CPU; under ``vmap`` at most one chunk of extra work).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,9 +25,11 @@ from tqdm.auto import tqdm
 
 from ucsciml._types import PyTree
 from ucsciml.convergence import judge
-from ucsciml.inference._chains import map_chains
+from ucsciml.inference._chains import map_chains, tile
+from ucsciml.inference._map import ProgramSignature, family_of
 from ucsciml.inference._mapfit_settings import MAPFit
 from ucsciml.optimize import adam_core, end_point_checks, lbfgs_core
+from ucsciml.program import Program
 
 #: Chunks per phase: the progress bar's resolution.
 CHUNKS = 10
@@ -123,7 +126,7 @@ class MapFitter:
 
 
 def map_starts(
-    potential_fn: Callable[[PyTree], jax.Array],
+    program: Program,
     starts: PyTree,
     fit: MAPFit,
     *,
@@ -132,9 +135,11 @@ def map_starts(
     shard: bool = True,
     progress: bool = True,
 ) -> tuple[PyTree, np.ndarray, dict]:
-    """MAP fits that are starting points of a later algorithm (NUTS chains, a VI guide):
-    one fit per start (leading axis), with a verdict that is mentioned, not decisive (its
-    gradient tolerance ``fit.lbfgs_tol``).
+    """MAP fits of ``program``'s potential that are starting points of a later algorithm
+    (NUTS chains, a VI guide): one fit per start (leading axis), with a verdict that is
+    mentioned, not decisive (its gradient tolerance ``fit.lbfgs_tol``). The fitter is cached
+    per model, data shapes and settings (:func:`_start_fitter`), the data are traced: later
+    runs, new data of the same shapes included, compile nothing.
 
     Returns:
         The fitted points, the losses ``(fits, steps)`` and the convergence verdict.
@@ -143,8 +148,9 @@ def map_starts(
         FloatingPointError: when a fit ends at a non-finite loss.
     """
     num = int(jax.tree.leaves(starts)[0].shape[0])
-    fitter = MapFitter(lambda _: potential_fn, num, fit, shard=shard)
-    z, losses, checks = fitter(starts, desc=phase, progress=progress)
+    fitter = _start_fitter(ProgramSignature(program), fit, num, shard)
+    data = tile((program.inputs, program.targets), num)
+    z, losses, checks = fitter(starts, data, desc=phase, progress=progress)
     losses = np.asarray(losses)
     if not np.isfinite(losses[:, -1]).all():
         raise FloatingPointError(
@@ -155,6 +161,16 @@ def map_starts(
         losses, np.asarray(checks), phase=phase, gtol=fit.lbfgs_tol, hint=hint, decisive=False
     )
     return z, losses, verdict
+
+
+@functools.lru_cache(maxsize=8)
+def _start_fitter(signature: ProgramSignature, fit: MAPFit, num: int, shard: bool) -> MapFitter:
+    """A :class:`MapFitter` of ``num`` fits of a program's potential, data as per-fit
+    arguments ``(inputs, targets)``."""
+    family = family_of(signature)
+    return MapFitter(
+        lambda data: family.make(inputs=data[0], targets=data[1]), num, fit, shard=shard
+    )
 
 
 def _chunk_length(steps: int, chunks: int) -> int:

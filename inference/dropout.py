@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import numpy as np
-import optax
 from numpyro import handlers
 
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._driver import sample_scan
-from ucsciml.inference._map import potential_family, with_deterministics
-from ucsciml.optimize import is_finite_tree
+from ucsciml.inference._map import ProgramSignature, potential_family, with_deterministics
+from ucsciml.optimize import adam_core, is_finite_tree
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -44,6 +46,10 @@ class MCDropout:
     PDE parameters such as Burgers' ``lambda1``/``lambda2``, noise scales) is a point
     estimate, the same in every draw: its posterior sd is 0. Make such a parameter a
     network output, or use VI/ensembles/NUTS, to get its uncertainty.
+
+    **Compile once.** The data are traced arguments of executables cached per model, data
+    shapes and settings: a second run, or a new program of the same model on new data of the
+    same shapes, traces and compiles nothing.
 
     Args:
         num_steps: Adam steps (learning rate decays to 1%).
@@ -98,34 +104,17 @@ class MCDropout:
         """
         masks = _mask_distributions(program)
         init_key, fit_key, pass_key, det_key, predictive_key = jax.random.split(key, 5)
-
-        def draw_masks(k):
-            keys = jax.random.split(k, len(masks))
-            return {n: d.sample(kk) for (n, d), kk in zip(masks.items(), keys, strict=True)}
-
-        family = potential_family(
-            program, jax.random.key(0), _masked(program.fn), masks=draw_masks(init_key)
+        core = _dropout_core(
+            ProgramSignature(program), tuple(masks), self.num_steps, self.learning_rate
         )
-        schedule = optax.exponential_decay(self.learning_rate, self.num_steps, 0.01)
-        opt = optax.adam(schedule)
-
-        def step(k, state):
-            z, opt_state = state
-            loss, grad = jax.value_and_grad(family.make(masks=draw_masks(k)))(z)
-            updates, opt_state = opt.update(grad, opt_state, z)
-            return (optax.apply_updates(z, updates), opt_state), loss
-
-        z0 = family.init(init_key)
-        run = jax.jit(lambda z, k: sample_scan(step, (z, opt.init(z)), k, self.num_steps))
-        (z, _), (_, losses) = run(z0, fit_key)
+        losses, point, finite = core.fit(init_key, fit_key, program.inputs, program.targets)
         losses = np.asarray(losses)
-        if not bool(is_finite_tree(z)):
+        if not bool(finite):
             raise FloatingPointError(
                 "MC dropout fit diverged (non-finite weights); lower learning_rate"
             )
-        point = family.postprocess(masks=draw_masks(init_key))(z)
         latent = [s for s in program.latent_sites() if s not in masks]
-        passes = jax.vmap(draw_masks)(jax.random.split(pass_key, self.num_passes))
+        passes = core.passes(pass_key, self.num_passes)
         draws = {
             s: np.broadcast_to(np.asarray(point[s]), (self.num_passes, *np.shape(point[s])))
             for s in latent
@@ -157,6 +146,55 @@ class MCDropout:
                 backend="dropout", settings=dataclasses.asdict(self), optimization=optimization
             ),
         )
+
+
+class _DropoutCore(NamedTuple):
+    """The compiled pieces of one MC dropout configuration (see :func:`_dropout_core`)."""
+
+    fit: Callable  # (init key, fit key, inputs, targets) -> (losses, point, finite)
+    passes: Callable  # (pass key, num_passes) -> {mask site: (num_passes, ...)}
+
+
+@functools.lru_cache(maxsize=8)
+def _dropout_core(
+    signature, mask_sites: tuple[str, ...], num_steps: int, learning_rate: float
+) -> _DropoutCore:
+    """The dropout fit (:func:`~ucsciml.optimize.adam_core` steps, one fresh mask per step,
+    one ``lax.scan``) and the mask draws, with the data as traced arguments: compiled once
+    per model, mask sites, data shapes and settings."""
+    program = signature.program
+    trace = program.trace(jax.random.key(0))
+    masks = {s: trace[s]["fn"] for s in mask_sites}
+
+    def draw_masks(k):
+        keys = jax.random.split(k, len(masks))
+        return {n: d.sample(kk) for (n, d), kk in zip(masks.items(), keys, strict=True)}
+
+    family = potential_family(
+        program, jax.random.key(0), _masked(program.fn), masks=draw_masks(jax.random.key(0))
+    )
+
+    def loss_fn(z, mask, inputs, targets):
+        return family.make(inputs=inputs, targets=targets, masks=mask)(z)
+
+    init, step = adam_core(loss_fn, num_steps, learning_rate, "exponential")
+
+    @jax.jit
+    def fit(init_key, fit_key, inputs, targets):
+        z0 = family.init(init_key, inputs=inputs, targets=targets, masks=draw_masks(init_key))
+
+        def keyed_step(k, state):
+            return step(state, draw_masks(k), inputs, targets)
+
+        (z, _), (_, losses) = sample_scan(keyed_step, init(z0), fit_key, num_steps)
+        point = family.postprocess(inputs=inputs, targets=targets, masks=draw_masks(init_key))(z)
+        return losses, point, is_finite_tree(z)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def passes(pass_key, num_passes):
+        return jax.vmap(draw_masks)(jax.random.split(pass_key, num_passes))
+
+    return _DropoutCore(fit, passes)
 
 
 def _masked(fn):

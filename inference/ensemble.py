@@ -20,7 +20,8 @@ from ucsciml.inference._chains import chain_keys, map_chains, num_shards, tile
 from ucsciml.inference._map import (
     ProgramSignature,
     check_continuous,
-    potential,
+    constrain_fn,
+    family_of,
     potential_family,
 )
 from ucsciml.inference._mapfit import MapFitter
@@ -59,6 +60,10 @@ class DeepEnsemble:
     and split evenly over devices (``shard_map``) when there are several and ``shard=True``.
     R-hat and ESS do not apply (members are independent optimisations, not Markov chain
     draws); diagnostics say so.
+
+    **Compile once.** The data are traced arguments of executables cached per model, data
+    shapes and settings: a second run, or a new program of the same model on new data of the
+    same shapes, traces and compiles nothing.
 
     Args:
         num_members: ensemble size M.
@@ -109,14 +114,13 @@ class DeepEnsemble:
         run_key, predictive_key = jax.random.split(key)
         keys = chain_keys(run_key, self.num_members)
         if self.anchored:
-            z, losses, grads, shards, postprocess = self._fit_anchored(program, keys)
+            z, losses, grads, shards = self._fit_anchored(program, keys)
         else:
             z, losses, grads, shards = self._fit_batches(
                 program, keys, tile(program.targets, len(keys))
             )
-            family = self._fitter(program, self.num_members)[2]
-            postprocess = family.postprocess(inputs=program.inputs, targets=program.targets)
-        constrained = jax.jit(jax.vmap(postprocess))(z)
+        signature = ProgramSignature(program)
+        constrained = constrain_fn(signature)(z, program.inputs, program.targets)
         final = np.asarray(losses[:, -1], dtype=float)
         if not np.isfinite(final).all():
             log.warning(
@@ -173,9 +177,8 @@ class DeepEnsemble:
         z, losses, grads, shards = self._fit_batches(
             program, chain_keys(key, num), targets, desc="replicate refits"
         )
-        family = self._fitter(program, min(self.num_members, num))[2]
-        postprocess = family.postprocess(inputs=program.inputs, targets=program.targets)
-        constrained = jax.jit(jax.vmap(postprocess))(z)
+        constrain = constrain_fn(ProgramSignature(program))
+        constrained = constrain(z, program.inputs, program.targets)
         optimization = {
             "objective": "negative log joint (replicate data)",
             "final_loss_per_member": np.asarray(losses[:, -1], dtype=float).tolist(),
@@ -198,28 +201,15 @@ class DeepEnsemble:
         )
 
     def _fit_anchored(self, program: Program, keys):
-        """Randomise-then-optimise members (see the class docstring)."""
+        """Randomise-then-optimise members (see the class docstring), through one cached
+        executable per model, data shapes and settings (:func:`_anchored_fitter`)."""
         _log_unanchored(program)
-        pot = potential(program, jax.random.key(0))
-        family = potential_family(
-            program,
-            jax.random.key(0),
-            _anchored_model(program.fn),
-            anchors=_prior_draw(program, jax.random.key(0)),
-            noise_key=jax.random.key(0),
+        fit, shards = _anchored_fitter(
+            ProgramSignature(program), self.map, self.num_members, self.shard
         )
-
-        def member_potential(member_key):
-            _, anchor_key, noise_key = jax.random.split(member_key, 3)
-            return family.make(anchors=_prior_draw(program, anchor_key), noise_key=noise_key)
-
-        shards = num_shards(self.num_members) if self.shard else 1
-        fitter = MapFitter(member_potential, self.num_members, self.map, shard=self.shard)
-        starts = map_chains(
-            lambda k: pot.init(jax.random.split(k, 3)[0]), self.num_members, shard=self.shard
-        )
-        z, losses, grads = fitter(starts(keys), keys, desc="anchored ensemble members")
-        return z, losses, grads, shards, pot.postprocess_fn
+        data = tile((program.inputs, program.targets), self.num_members)
+        z, losses, grads = fit((keys, *data))
+        return z, losses, grads, shards
 
     def _fitter(self, program: Program, batch: int):
         return _map_fitter(ProgramSignature(program), self.map, batch, self.shard)
@@ -235,7 +225,7 @@ class DeepEnsemble:
                 f"{num} fits do not split into batches of num_members = {batch}; use a "
                 "multiple of num_members"
             )
-        fit, shards, _ = self._fitter(program, batch)
+        fit, shards = self._fitter(program, batch)
         inputs = tile(program.inputs, batch)
         zs, losses, grads = [], [], []
         for start in range(0, num, batch):
@@ -260,8 +250,7 @@ def _map_fitter(signature, settings, batch, shard):
     later calls, new programs of the same model on new data of the same shapes included,
     reuse the compiled executables; with JAX's persistent compilation cache (on in the CLI)
     so do later processes."""
-    program = signature.program
-    family = potential_family(program, jax.random.key(0), program.fn)
+    family = family_of(signature)
     fitter = MapFitter(
         lambda data: family.make(inputs=data[1], targets=data[0]),
         batch,
@@ -282,7 +271,44 @@ def _map_fitter(signature, settings, batch, shard):
 
     fit.fitter = fitter
     shards = num_shards(batch) if shard else 1
-    return fit, shards, family
+    return fit, shards
+
+
+@functools.lru_cache(maxsize=8)
+def _anchored_fitter(signature, settings, num_members, shard):
+    """``fit((keys, inputs, targets)) -> (z, losses, end_checks)``: ``num_members``
+    randomise-then-optimise fits with the data as traced arguments (leading member axis on
+    all three): member ``m`` starts from a prior draw and minimises the potential anchored on
+    another prior draw and on data perturbed by the likelihood noise, all from its key.
+    Cached per model, data shapes and settings, like :func:`_map_fitter`."""
+    program = signature.program
+    family = family_of(signature)
+    anchored = potential_family(
+        program,
+        jax.random.key(0),
+        _anchored_model(program.fn),
+        anchors=_prior_draw(program, jax.random.key(0)),
+        noise_key=jax.random.key(0),
+    )
+
+    def member_potential(args):
+        member_key, inputs, targets = args
+        _, anchor_key, noise_key = jax.random.split(member_key, 3)
+        anchors = _prior_draw(program, anchor_key, inputs, targets)
+        return anchored.make(inputs=inputs, targets=targets, anchors=anchors, noise_key=noise_key)
+
+    fitter = MapFitter(member_potential, num_members, settings, shard=shard)
+    starts = map_chains(
+        lambda a: family.init(jax.random.split(a[0], 3)[0], inputs=a[1], targets=a[2]),
+        num_members,
+        shard=shard,
+    )
+
+    def fit(args):
+        return fitter(starts(args), args, desc="anchored ensemble members")
+
+    fit.fitter = fitter
+    return fit, num_shards(num_members) if shard else 1
 
 
 def _rows(tree, start: int, stop: int):
@@ -290,8 +316,9 @@ def _rows(tree, start: int, stop: int):
     return jax.tree.map(lambda x: jnp.asarray(x)[start:stop], tree)
 
 
-def _prior_draw(program: Program, key: PRNGKey) -> dict:
-    trace = program.trace(key)
+def _prior_draw(program: Program, key: PRNGKey, inputs=None, targets=None) -> dict:
+    """A prior draw of the latent sites (at the given data, else the program's)."""
+    trace = program.trace(key, inputs, targets)
     return {
         k: s["value"] for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"]
     }

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,8 @@ from jax.flatten_util import ravel_pytree
 
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
-from ucsciml.inference._chains import chain_keys
-from ucsciml.inference._map import check_continuous, potential
+from ucsciml.inference._chains import chain_keys, tile
+from ucsciml.inference._map import ProgramSignature, check_continuous, family_of
 from ucsciml.inference._mapfit import MapFitter
 from ucsciml.inference._mapfit_settings import MAPFit, fold_legacy, legacy, map_field, settings_of
 from ucsciml.posterior import Posterior
@@ -75,6 +76,10 @@ class Laplace:
     at least ``1/s^2`` in every direction, so a smaller eigenvalue signals a saddle, not
     certainty. The count repaired is logged and stored in ``Posterior.attrs["optimization"]``
     (per mode in ``floored_eigenvalues_per_mode``, with ``final_loss_per_mode``).
+
+    **Compile once.** The data are traced arguments of executables cached per model, data
+    shapes and settings: a second run, or a new program of the same model on new data of the
+    same shapes, traces and compiles nothing.
 
     Args:
         map: the MAP fit to each mode (:class:`~ucsciml.inference.MAPFit`; default 3000 Adam
@@ -135,46 +140,27 @@ class Laplace:
         """
         check_continuous(program, "Laplace")
         init_key, draw_key, predictive_key = jax.random.split(key, 3)
-        pot = potential(program, init_key)
-        z0 = pot.init(init_key)
-        flat0, unravel = ravel_pytree(z0)
-        dim = flat0.shape[0]
+        signature = ProgramSignature(program)
+        dim = _dimension(signature)
         num_modes = self.num_modes
         mode_of = (
             "full"
             if self.hessian == "full" or (self.hessian == "auto" and dim <= self.max_full_dim)
             else "diagonal"
         )
-
-        def flat_potential(flat):
-            return pot.potential_fn(unravel(flat))
-
-        draw = functools.partial(
-            _gaussian_draws, num_samples=self.num_samples, floor=self.min_eigenvalue
+        core = _laplace_core(
+            signature, self.map, num_modes, mode_of, self.num_samples, self.min_eigenvalue
         )
-        fitter = MapFitter(lambda _: flat_potential, num_modes, self.map, shard=False)
-        if num_modes == 1:
-            starts = flat0[None]
-        else:
-            starts = jax.jit(jax.vmap(lambda k: ravel_pytree(pot.init(k))[0]))(
-                chain_keys(init_key, num_modes)
-            )
-        modes, losses, grads = fitter(
-            starts, desc="Laplace mode search" if num_modes == 1 else "Laplace modes"
+        data = (program.inputs, program.targets)
+        # One mode starts (and draws) with the run's keys themselves, as before modes existed.
+        init_keys = init_key[None] if num_modes == 1 else chain_keys(init_key, num_modes)
+        modes, losses, grads = core.fitter(
+            core.starts(init_keys, *data),
+            tile(data, num_modes),
+            desc="Laplace mode search" if num_modes == 1 else "Laplace modes",
         )
         log.info("Laplace: %s Hessian of %d dimensions at %d mode(s)", mode_of, dim, num_modes)
-        precisions = jax.jit(
-            lambda ms: jax.lax.map(lambda m: _precision(flat_potential, m, mode_of), ms)
-        )(modes)
-        if num_modes == 1:
-            # One mode draws with the run's draw key itself, as before modes existed.
-            draws, eigenvalues, variance = jax.tree.map(
-                lambda x: x[None], jax.jit(draw)(draw_key, modes[0], precisions[0])
-            )
-        else:
-            draws, eigenvalues, variance = jax.jit(jax.vmap(draw))(
-                chain_keys(draw_key, num_modes), modes, precisions
-            )
+        constrained, eigenvalues, variance = core.finish(draw_key, modes, *data)
         # Host copies: iterating a device array slices it element by element.
         losses, eigenvalues = np.asarray(losses), np.asarray(eigenvalues)
         final = losses[:, -1].astype(float)
@@ -182,8 +168,6 @@ class Laplace:
         floored = (eigenvalues < self.min_eigenvalue).sum(axis=-1).tolist()
         min_eig = eigenvalues.min(axis=-1).astype(float).tolist()
         _log_floored(floored, min_eig, dim, self.min_eigenvalue)
-        flat_draws = draws.reshape(num_modes * self.num_samples, dim)
-        constrained = jax.jit(jax.vmap(lambda f: pot.postprocess_fn(unravel(f))))(flat_draws)
         best = int(np.nanargmin(np.where(np.isfinite(final), final, np.nan)))
         optimization = {
             "objective": "negative log joint (unconstrained)",
@@ -211,10 +195,7 @@ class Laplace:
             optimization["map_spread_ratio"] = _spread_ratio(modes, variance)
         optimization["trace"] = losses[best, :: optimization["trace_every"]].astype(float).tolist()
         return Posterior(
-            samples={
-                k: np.asarray(v).reshape(num_modes, self.num_samples, *v.shape[1:])
-                for k, v in constrained.items()
-            },
+            samples={k: np.asarray(v) for k, v in constrained.items()},
             program=program,
             key=predictive_key,
             kind="laplace",
@@ -222,6 +203,64 @@ class Laplace:
                 backend="laplace", settings=settings_of(self), optimization=optimization
             ),
         )
+
+
+class _LaplaceCore(NamedTuple):
+    """The compiled pieces of one Laplace configuration (see :func:`_laplace_core`)."""
+
+    starts: Callable  # (keys (M,), inputs, targets) -> flat starts (M, d)
+    fitter: MapFitter  # (starts, tiled (inputs, targets)) -> (modes, losses, end checks)
+    finish: Callable  # (draw key, modes, inputs, targets) -> (draws, eigenvalues, variance)
+
+
+@functools.lru_cache(maxsize=16)
+def _dimension(signature: ProgramSignature) -> int:
+    """Unconstrained dimension of a program's latent sites."""
+    family = family_of(signature)
+    shapes = jax.eval_shape(family.init, jax.random.key(0))
+    return int(sum(np.prod(s.shape, dtype=int) for s in jax.tree.leaves(shapes)))
+
+
+@functools.lru_cache(maxsize=8)
+def _laplace_core(signature, fit, num_modes, form, num_samples, floor) -> _LaplaceCore:
+    """Starts, MAP fits and Hessian-plus-draws of one Laplace configuration, with the data
+    as traced arguments: compiled once per model, data shapes and settings, so a second
+    run, or a new program of the same model on new data of the same shapes, compiles
+    nothing."""
+    family = family_of(signature)
+    shapes = jax.eval_shape(family.init, jax.random.key(0))
+    _, unravel = ravel_pytree(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+
+    def flat_potential(data):
+        potential_fn = family.make(inputs=data[0], targets=data[1])
+        return lambda flat: potential_fn(unravel(flat))
+
+    def start(k, inputs, targets):
+        return ravel_pytree(family.init(k, inputs=inputs, targets=targets))[0]
+
+    def finish(draw_key, modes, inputs, targets):
+        potential_fn = flat_potential((inputs, targets))
+        precisions = jax.lax.map(lambda m: _precision(potential_fn, m, form), modes)
+        draw = functools.partial(_gaussian_draws, num_samples=num_samples, floor=floor)
+        if num_modes == 1:
+            out = jax.tree.map(lambda x: x[None], draw(draw_key, modes[0], precisions[0]))
+        else:
+            out = jax.vmap(draw)(chain_keys(draw_key, num_modes), modes, precisions)
+        draws, eigenvalues, variance = out
+        flat = draws.reshape(num_modes * num_samples, -1)
+        constrained = jax.vmap(family.postprocess(inputs=inputs, targets=targets))(
+            jax.vmap(unravel)(flat)
+        )
+        constrained = jax.tree.map(
+            lambda v: v.reshape(num_modes, num_samples, *v.shape[1:]), constrained
+        )
+        return constrained, eigenvalues, variance
+
+    return _LaplaceCore(
+        starts=jax.jit(jax.vmap(start, in_axes=(0, None, None))),
+        fitter=MapFitter(flat_potential, num_modes, fit, shard=False),
+        finish=jax.jit(finish),
+    )
 
 
 def _precision(flat_potential, mode: jax.Array, form: str) -> jax.Array:

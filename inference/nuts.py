@@ -10,18 +10,18 @@ from typing import Literal
 
 import blackjax
 import jax
+import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
-from numpyro.infer import MCMC
-from numpyro.infer import NUTS as NumPyroNUTS
-from numpyro.infer.initialization import init_to_sample
 
 from ucsciml._types import PRNGKey
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards, tile
 from ucsciml.inference._driver import sample_scan
-from ucsciml.inference._map import ProgramSignature, potential, potential_family
+from ucsciml.inference._map import ProgramSignature, constrain_fn, family_of, init_fn
 from ucsciml.inference._mapfit import map_starts
 from ucsciml.inference._mapfit_settings import MAPFit, fold_legacy, legacy, map_field, settings_of
+from ucsciml.inference._nuts_numpyro import numpyro_sampler
+from ucsciml.inference._nuts_numpyro import sample as numpyro_sample
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -33,11 +33,15 @@ log = logging.getLogger(__name__)
 class NUTS:
     r"""No-U-Turn Hamiltonian Monte Carlo (Hoffman & Gelman, 2014).
 
-    ``engine="numpyro"`` runs ``numpyro.infer.MCMC(NUTS)``; ``engine="blackjax"`` runs
+    ``engine="numpyro"`` runs NumPyro's NUTS kernel (the draws of
+    ``numpyro.infer.MCMC(NUTS(...), chain_method="vectorized")`` with the same chain keys) on a
+    compile-once driver (:mod:`ucsciml.inference._nuts_numpyro`); ``engine="blackjax"`` runs
     ``blackjax.nuts`` after ``blackjax.window_adaptation``, driven by one ``lax.scan``. Both
-    sample the unconstrained potential of the same program. Chains are vmapped on one device
-    and split evenly across devices when there are several; chain ``i`` uses
-    ``fold_in(key, i)``.
+    sample the unconstrained potential of the same program, with the data as traced
+    arguments of executables cached per model, data shapes and settings: a second run, or a
+    new program of the same model on new data of the same shapes, compiles nothing. Chains
+    are vmapped on one device and split evenly across devices when there are several; chain
+    ``i`` uses ``fold_in(key, i)``.
 
     Args:
         num_warmup: adaptation steps per chain (step size and diagonal/dense mass matrix).
@@ -130,15 +134,12 @@ class NUTS:
             else:
                 samples, stats = self._run_blackjax(program, keys, None)
         else:
-            pot = potential(program, jax.random.key(0))
-            init_params, losses, verdict = self._initial_positions(pot, keys)
+            init_params, losses, verdict = self._initial_positions(program, keys)
             if verdict is not None:
                 optimization = {"objective": "MAP initialisation", "convergence": verdict}
             sampled, fixed = program, {}
             if fixed_sites:
-                sampled, pot, init_params, fixed = _subspace(
-                    program, pot, init_params, losses, fixed_sites
-                )
+                sampled, init_params, fixed = _subspace(program, init_params, losses, fixed_sites)
             if self.engine == "numpyro":
                 samples, stats = self._run_numpyro(sampled, keys, init_params)
             else:
@@ -165,12 +166,13 @@ class NUTS:
     def _shards(self) -> int:
         return num_shards(self.num_chains) if self.shard else 1
 
-    def _initial_positions(self, pot, keys):
-        starts = jax.vmap(lambda k: pot.init(jax.random.fold_in(k, 1)))(keys)
+    def _initial_positions(self, program, keys):
+        start_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        starts = init_fn(ProgramSignature(program))(start_keys, program.inputs, program.targets)
         if self.init == "prior":
             return starts, None, None
         z, losses, verdict = map_starts(
-            pot.potential_fn,
+            program,
             starts,
             self.map,
             phase="NUTS MAP initialisation",
@@ -183,44 +185,26 @@ class NUTS:
         return z, final, verdict
 
     def _run_numpyro(self, program, keys, init_params):
-        kernel = NumPyroNUTS(
-            program.fn,
-            target_accept_prob=self.target_accept_prob,
-            max_tree_depth=self.max_tree_depth,
-            dense_mass=self.dense_mass,
-            init_strategy=init_to_sample,
+        sampler = numpyro_sampler(
+            ProgramSignature(program),
+            self.num_warmup,
+            self.num_samples,
+            self.num_chains,
+            self.target_accept_prob,
+            self.max_tree_depth,
+            self.dense_mass,
+            self.shard,
+            init_params is None,
         )
-        chain_method = "vectorized"
-        if self._shards() > 1:
-            chain_method = lambda f: map_chains(f, self.num_chains)  # noqa: E731
-        mcmc = MCMC(
-            kernel,
-            num_warmup=self.num_warmup,
-            num_samples=self.num_samples,
-            num_chains=self.num_chains,
-            chain_method=chain_method,
-            progress_bar=self.progress_bar,
-            jit_model_args=True,
-        )
-        if self.num_chains == 1:
-            # NumPyro runs one chain unbatched: drop the chain axis it would otherwise keep.
-            keys, init_params = keys[0], jax.tree.map(lambda x: x[0], init_params)
-        mcmc.run(
+        samples, extra = numpyro_sample(
+            sampler,
             keys,
+            init_params,
             program.inputs,
-            targets=program.targets,
-            init_params=init_params,
-            extra_fields=(
-                "diverging",
-                "num_steps",
-                "adapt_state.step_size",
-                "energy",
-                "potential_energy",
-                "accept_prob",
-            ),
+            program.targets,
+            progress=self.progress_bar,
         )
-        samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-        extra = mcmc.get_extra_fields(group_by_chain=True)
+        samples = {k: np.asarray(v) for k, v in samples.items()}
         num_steps = np.asarray(extra["num_steps"])
         stats = {
             "diverging": np.asarray(extra["diverging"]),
@@ -235,17 +219,7 @@ class NUTS:
         return samples, stats
 
     def _run_blackjax(self, program, keys, init_params):
-        sampler = _blackjax_sampler(
-            ProgramSignature(program),
-            self.num_warmup,
-            self.num_samples,
-            self.num_chains,
-            self.target_accept_prob,
-            self.max_tree_depth,
-            self.dense_mass,
-            self.shard,
-            init_params is None,
-        )
+        sampler = self._blackjax(program, self.num_chains, from_prior=init_params is None)
         starts = keys if init_params is None else init_params
         samples, infos, lp, step_size = sampler(
             (
@@ -255,18 +229,109 @@ class NUTS:
                 tile(program.targets, self.num_chains),
             )
         )
-        depth = np.asarray(infos.num_trajectory_expansions)
-        stats = {
-            "diverging": np.asarray(infos.is_divergent),
-            "n_steps": np.asarray(infos.num_integration_steps),
-            "tree_depth": depth,
-            "reached_max_treedepth": depth >= self.max_tree_depth,
-            "step_size": np.broadcast_to(np.asarray(step_size)[:, None], depth.shape).copy(),
-            "energy": np.asarray(infos.energy),
-            "lp": np.asarray(lp),
-            "acceptance_rate": np.asarray(infos.acceptance_rate),
-        }
+        stats = _blackjax_stats(infos, lp, step_size, self.max_tree_depth)
         return {k: np.asarray(v) for k, v in samples.items()}, stats
+
+    def _blackjax(self, program, num_chains: int, *, from_prior: bool):
+        return _blackjax_sampler(
+            ProgramSignature(program),
+            self.num_warmup,
+            self.num_samples,
+            num_chains,
+            self.target_accept_prob,
+            self.max_tree_depth,
+            self.dense_mass,
+            self.shard,
+            from_prior,
+        )
+
+    def sample_replicates(
+        self, program: Program, targets, keys: jax.Array, *, chunk_size: int = 25
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Sample the posterior of ``program`` for each of several replicate datasets.
+
+        Replicate ``r`` is ``run(replace(program, targets=targets[r]), keys[r])``: the same
+        chain keys, the same sampler. With the BlackJAX engine, prior starts and no
+        ``sample_sites``, ``chunk_size`` replicates run at once as one vmapped (and, over
+        several devices, sharded) program of ``chunk_size * num_chains`` chains, each with its
+        replicate's targets as traced data; every chunk, the last padded to full size,
+        reuses one executable. Otherwise the replicates run one after another (each ``run``
+        reusing its compiled sampler). Used by :func:`ucsciml.sbc.sbc`.
+
+        Args:
+            program: the model and its inputs (its targets are replaced).
+            targets: a pytree like ``program.targets`` with a leading replicate axis.
+            keys: ``(R,)`` keys, one per replicate.
+            chunk_size: replicates per vmapped call.
+
+        Returns:
+            Draws ``{site: (R, chain, draw, ...)}`` and sample statistics
+            ``{name: (R, chain, draw)}``.
+
+        Raises:
+            ValueError: for discrete latent sites, before any compute.
+        """
+        num = int(keys.shape[0])
+        if self.engine != "blackjax" or self.init != "prior" or self.sample_sites:
+            runs = [
+                self.run(dataclasses.replace(program, targets=_row(targets, r)), keys[r])
+                for r in range(num)
+            ]
+            return (
+                {k: np.stack([p.samples[k] for p in runs]) for k in runs[0].samples},
+                {k: np.stack([p.sample_stats[k] for p in runs]) for k in runs[0].sample_stats},
+            )
+        _check_continuous(program)
+        chunk = max(1, min(chunk_size, num))
+        chains = self.num_chains
+        sampler = self._blackjax(program, chunk * chains, from_prior=True)
+        inputs = tile(program.inputs, chunk * chains)
+        samples, stats = [], []
+        for first in range(0, num, chunk):
+            rows = np.minimum(np.arange(first, first + chunk), num - 1)  # pad with the last
+            run_keys = jax.vmap(lambda k: jax.random.split(k)[0])(keys[rows])
+            flat_keys = jax.vmap(lambda k: chain_keys(k, chains))(run_keys).reshape(-1)
+            flat_targets = jax.tree.map(
+                lambda t, rows=rows: jnp.repeat(jnp.asarray(t)[rows], chains, axis=0), targets
+            )
+            draws, infos, lp, step_size = sampler((flat_keys, flat_keys, inputs, flat_targets))
+            keep = min(chunk, num - first)
+
+            def unflatten(x, keep=keep):
+                x = np.asarray(x)
+                return x.reshape(chunk, chains, *x.shape[1:])[:keep]
+
+            samples.append({k: unflatten(v) for k, v in draws.items()})
+            stats.append(
+                {
+                    k: unflatten(v)
+                    for k, v in _blackjax_stats(infos, lp, step_size, self.max_tree_depth).items()
+                }
+            )
+        return (
+            {k: np.concatenate([s[k] for s in samples]) for k in samples[0]},
+            {k: np.concatenate([s[k] for s in stats]) for k in stats[0]},
+        )
+
+
+def _row(tree, index: int):
+    """Row ``index`` of every leaf's leading axis."""
+    return jax.tree.map(lambda x: np.asarray(x)[index], tree)
+
+
+def _blackjax_stats(infos, lp, step_size, max_depth: int) -> dict[str, np.ndarray]:
+    """BlackJAX's NUTS infos ``(..., draw)`` as the sample statistics ArviZ names."""
+    depth = np.asarray(infos.num_trajectory_expansions)
+    return {
+        "diverging": np.asarray(infos.is_divergent),
+        "n_steps": np.asarray(infos.num_integration_steps),
+        "tree_depth": depth,
+        "reached_max_treedepth": depth >= max_depth,
+        "step_size": np.broadcast_to(np.asarray(step_size)[..., None], depth.shape).copy(),
+        "energy": np.asarray(infos.energy),
+        "lp": np.asarray(lp),
+        "acceptance_rate": np.asarray(infos.acceptance_rate),
+    }
 
 
 @functools.lru_cache(maxsize=8)
@@ -278,7 +343,7 @@ def _blackjax_sampler(
     arguments (leading chain axis on all four), so the executable is compiled once per model,
     data shapes and settings. With ``from_prior`` the starts are the chain keys and each
     chain draws its own prior start."""
-    family = potential_family(signature.program, jax.random.key(0), signature.program.fn)
+    family = family_of(signature)
 
     def one_chain(args):
         key, start, inputs, targets = args
@@ -324,25 +389,44 @@ def _fixed_sites(program: Program, sample_sites: tuple[str, ...]) -> list[str]:
     return [n for n in latent if n not in sample_sites]
 
 
-def _subspace(program, pot, init_params, losses, fixed_sites):
+def _subspace(program, init_params, losses, fixed_sites):
     """Condition ``program`` on the best chain's MAP values of ``fixed_sites``.
 
-    Returns the conditioned program, its potential, every chain's start (the best chain's
-    MAP restricted to the sampled sites) and the held values (constrained, as numpy).
+    The held values travel with the inputs (``inputs = (program.inputs, held)``) of one
+    conditioned model per model and held sites (:func:`_conditioned`), so the sampler of the
+    subspace compiles once like that of the full program.
+
+    Returns the conditioned program, every chain's start (the best chain's MAP restricted to
+    the sampled sites) and the held values (constrained, as numpy).
     """
     best = int(np.argmin(losses))
-    z_best = jax.tree.map(lambda x: x[best], init_params)
-    constrained = pot.postprocess_fn(z_best)
-    fixed = {n: np.asarray(constrained[n]) for n in fixed_sites}
+    z_best = jax.tree.map(lambda x: x[best][None], init_params)
+    constrained = constrain_fn(ProgramSignature(program))(z_best, program.inputs, program.targets)
+    fixed = {n: np.asarray(constrained[n][0]) for n in fixed_sites}
     log.info("subspace NUTS: holding %s at chain %d's MAP", fixed_sites, best)
-    sub = dataclasses.replace(program, fn=handlers.condition(program.fn, data=fixed))
+    sub = dataclasses.replace(
+        program,
+        fn=_conditioned(program.fn, tuple(fixed_sites)),
+        inputs=(program.inputs, {n: jnp.asarray(v) for n, v in fixed.items()}),
+    )
     num_chains = len(losses)
     starts = {
-        n: np.broadcast_to(v, (num_chains, *v.shape)).copy()
+        n: np.broadcast_to(v[0], (num_chains, *v.shape[1:])).copy()
         for n, v in z_best.items()
         if n not in fixed
     }
-    return sub, potential(sub, jax.random.key(0)), starts, fixed
+    return sub, starts, fixed
+
+
+@functools.lru_cache(maxsize=16)
+def _conditioned(fn, names: tuple[str, ...]):
+    """``fn`` with the sites ``names`` held at values passed in ``inputs[1]``."""
+
+    def model(inputs, targets=None):
+        data, held = inputs
+        return handlers.condition(fn, data=held)(data, targets=targets)
+
+    return model
 
 
 def _check_continuous(program: Program) -> None:

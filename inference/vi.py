@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +25,14 @@ from tqdm.auto import tqdm
 from ucsciml import checkpoint
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
-from ucsciml.inference._driver import scan_in_chunks
-from ucsciml.inference._map import check_continuous, potential, with_deterministics
+from ucsciml.inference._driver import chunk_scan, scan_in_chunks
+from ucsciml.inference._map import (
+    ProgramSignature,
+    check_continuous,
+    constrain_fn,
+    init_fn,
+    with_deterministics,
+)
 from ucsciml.inference._mapfit import map_starts
 from ucsciml.inference._mapfit_settings import (
     MAPFit,
@@ -33,6 +41,7 @@ from ucsciml.inference._mapfit_settings import (
     map_field,
     settings_of,
 )
+from ucsciml.optimize import SCHEDULES, adam
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import config_hash, provenance
@@ -40,7 +49,6 @@ from ucsciml.provenance import config_hash, provenance
 log = logging.getLogger(__name__)
 
 GUIDES = ("normal", "lowrank", "fullrank", "flow")
-SCHEDULES = ("constant", "exponential", "cosine")
 _TRACE_POINTS = 200
 _CHECKPOINT_FIELDS = ("checkpoint_dir", "checkpoint_every")
 
@@ -78,6 +86,10 @@ class VI:
     saved atomically every ``checkpoint_every`` steps to ``checkpoint_dir/vi.npz``; a later
     run with the same settings, key and data continues from the last checkpoint and ends
     with exactly the same state as an uninterrupted run (``ucsciml run --resume``).
+
+    **Compile once.** The data are traced arguments of executables cached per model, data
+    shapes and settings: a second run, or a new program of the same model on new data of the
+    same shapes, traces and compiles nothing.
 
     Args:
         guide: ``"normal"``, ``"lowrank"``, ``"fullrank"`` or ``"flow"``.
@@ -179,19 +191,11 @@ class VI:
                 expose (see the class docstring), before any compute.
         """
         check_continuous(program, "VI")
-        model = self._model(program)
+        core = _vi_core(ProgramSignature(program), self._static())
         init_key, map_key, draw_key, det_key, predictive_key = jax.random.split(key, 5)
-        init_loc_fn, map_verdict = self._init_loc_fn(program, map_key)
-        guide = self._guide(model, init_loc_fn)
-        svi = SVI(model, guide, optax_to_numpyro(self._optimizer()), Trace_ELBO(self.num_particles))
-        args, kwargs = (program.inputs,), {"targets": program.targets}
-        state = (svi.init(init_key, *args, **kwargs), jnp.full(self.num_steps, jnp.nan))
-
-        def step(carry):
-            svi_state, losses = carry
-            step_index = svi_state.optim_state[0]
-            svi_state, loss = svi.update(svi_state, *args, **kwargs)
-            return (svi_state, losses.at[step_index].set(loss)), None
+        init_values, map_verdict = self._init_values(program, map_key)
+        data = (program.inputs, program.targets)
+        state = core.init(init_key, *data, init_values)
 
         path = Path(self.checkpoint_dir) / "vi.npz" if self.checkpoint_dir else None
         fingerprint = self._fingerprint(program, key)
@@ -221,15 +225,14 @@ class VI:
 
         with bar:
             (svi_state, losses), _ = scan_in_chunks(
-                step,
+                lambda carry, length: core.chunk(carry, length, *data),
                 state,
                 self.num_steps,
                 start=start,
                 chunk_size=self.checkpoint_every,
                 on_chunk=save,
             )
-        params = svi.get_params(svi_state)
-        latent = guide.sample_posterior(draw_key, params, *args, sample_shape=(self.num_samples,))
+        latent = core.draw(draw_key, svi_state, program.inputs, self.num_samples)
         sites = set(program.latent_sites())
         latent = {k: v for k, v in latent.items() if k in sites}
         draws = with_deterministics(program, latent, det_key)
@@ -268,22 +271,37 @@ class VI:
             )
         return model
 
-    def _init_loc_fn(self, program: Program, key: PRNGKey):
+    def _init_values(self, program: Program, key: PRNGKey):
+        """The guide's initial location (constrained latent values) and the MAP verdict:
+        ``(None, None)`` for a prior start (the guide draws it from its init key)."""
         if self.init == "prior":
-            return init_to_sample, None
-        pot = potential(program, key)
+            return None, None
+        signature = ProgramSignature(program)
+        start = init_fn(signature)(key[None], program.inputs, program.targets)
         z, _, verdict = map_starts(
-            pot.potential_fn,
-            jax.tree.map(lambda x: x[None], pot.init(key)),
+            program,
+            start,
             self.map,
             phase="VI MAP initialisation",
             hint="raise map.adam_steps or map.lbfgs_steps (the guide still fits from this start)",
             shard=False,
         )
-        z = jax.tree.map(lambda x: x[0], z)
+        constrained = constrain_fn(signature)(z, program.inputs, program.targets)
         latent = set(program.latent_sites())
-        values = {k: v for k, v in pot.postprocess_fn(z).items() if k in latent}
-        return init_to_value(values=values), verdict
+        return {k: v[0] for k, v in constrained.items() if k in latent}, verdict
+
+    def _static(self) -> VI:
+        """These settings with those that do not change the compiled fit (draw count, MAP
+        start, checkpointing, verdict tolerance) at fixed values: the cache key of
+        :func:`_vi_core`."""
+        return dataclasses.replace(
+            self,
+            num_samples=1,
+            map=MAPFit(),
+            convergence_tol=1e-3,
+            checkpoint_dir=None,
+            checkpoint_every=1,
+        )
 
     def _guide(self, model, init_loc_fn):
         common = {"init_loc_fn": init_loc_fn}
@@ -304,14 +322,12 @@ class VI:
         )
 
     def _optimizer(self) -> optax.GradientTransformation:
-        lr, n, frac = self.learning_rate, self.num_steps, self.final_lr_fraction
-        if self.schedule == "exponential":
-            lr = optax.exponential_decay(lr, n, frac)
-        elif self.schedule == "cosine":
-            lr = optax.cosine_decay_schedule(lr, n, alpha=frac)
-        adam = optax.adam(lr)
-        return (
-            optax.chain(optax.clip_by_global_norm(self.clip_norm), adam) if self.clip_norm else adam
+        return adam(
+            self.learning_rate,
+            self.num_steps,
+            self.schedule,
+            final_fraction=self.final_lr_fraction,
+            clip_norm=self.clip_norm,
         )
 
     def _fingerprint(self, program: Program, key: PRNGKey) -> str:
@@ -345,6 +361,58 @@ class VI:
             "trace": [float(x) for x in losses[::every]],
             "resumed_from_step": start,
         }
+
+
+class _VICore(NamedTuple):
+    """The compiled pieces of one VI configuration (see :func:`_vi_core`)."""
+
+    init: Callable  # (init key, inputs, targets, init values | None) -> (SVI state, losses)
+    chunk: Callable  # (state, length, inputs, targets) -> (state, None)
+    draw: Callable  # (draw key, SVI state, inputs, num_samples) -> {site: (num_samples, ...)}
+
+
+@functools.lru_cache(maxsize=8)
+def _vi_core(signature: ProgramSignature, vi: VI) -> _VICore:
+    """SVI's init, its update steps as :func:`~ucsciml.inference._driver.chunk_scan` chunks
+    and the guide's draws, with the data as traced arguments: compiled once per model, data
+    shapes and settings (``vi`` is :meth:`VI._static`).
+
+    NumPyro's autoguides are stateful: a guide records its model's prototype (site shapes and
+    supports) on its first call. The guide of the update steps records it here, eagerly, on
+    the first program's data, so no tracer is ever stored in it; later programs reuse that
+    prototype (the same model and shapes) with their own data as arguments; only a support
+    that depends on the data (e.g. ``Uniform(0, max(x))``) would keep the first program's. The
+    per-run
+    initial state comes from a fresh guide traced inside ``init``, so it depends on the
+    run's init key (and MAP start) exactly as a new guide's would.
+    """
+    program = signature.program
+    model = vi._model(program)
+    optim = optax_to_numpyro(vi._optimizer())
+    loss = Trace_ELBO(vi.num_particles)
+    guide = vi._guide(model, init_to_sample)
+    svi = SVI(model, guide, optim, loss)
+    svi.init(jax.random.key(0), program.inputs, targets=program.targets)
+
+    @jax.jit
+    def init(init_key, inputs, targets, init_values):
+        loc_fn = init_to_sample if init_values is None else init_to_value(values=init_values)
+        fresh = SVI(model, vi._guide(model, loc_fn), optim, loss)
+        state = fresh.init(init_key, inputs, targets=targets)
+        return state, jnp.full(vi.num_steps, jnp.nan)
+
+    def step(carry, inputs, targets):
+        svi_state, losses = carry
+        step_index = svi_state.optim_state[0]
+        svi_state, value = svi.update(svi_state, inputs, targets=targets)
+        return (svi_state, losses.at[step_index].set(value)), None
+
+    @functools.partial(jax.jit, static_argnums=3)
+    def draw(draw_key, svi_state, inputs, num_samples):
+        params = svi.get_params(svi_state)
+        return guide.sample_posterior(draw_key, params, inputs, sample_shape=(num_samples,))
+
+    return _VICore(init, chunk_scan(step), draw)
 
 
 class _Minibatch(Messenger):

@@ -42,35 +42,57 @@ def is_finite_tree(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def adam_schedule(learning_rate: float, num_steps: int, schedule: str) -> optax.ScalarOrSchedule:
+def adam_schedule(
+    learning_rate: float,
+    num_steps: int,
+    schedule: str,
+    final_fraction: float = FINAL_LR_FRACTION,
+) -> optax.ScalarOrSchedule:
     """The learning rate of a ``schedule``: constant, or an exponential or cosine decay to
-    :data:`FINAL_LR_FRACTION` of it over ``num_steps``."""
+    ``final_fraction`` (default :data:`FINAL_LR_FRACTION`) of it over ``num_steps``."""
     if schedule == "exponential":
-        return optax.exponential_decay(learning_rate, num_steps, FINAL_LR_FRACTION)
+        return optax.exponential_decay(learning_rate, num_steps, final_fraction)
     if schedule == "cosine":
-        return optax.cosine_decay_schedule(learning_rate, num_steps, alpha=FINAL_LR_FRACTION)
+        return optax.cosine_decay_schedule(learning_rate, num_steps, alpha=final_fraction)
     if schedule == "constant":
         return learning_rate
     raise ValueError(f"unknown Adam schedule {schedule!r}; choose one of {SCHEDULES}")
 
 
+def adam(
+    learning_rate: float,
+    num_steps: int,
+    schedule: str = "exponential",
+    *,
+    final_fraction: float = FINAL_LR_FRACTION,
+    clip_norm: float = 0.0,
+) -> optax.GradientTransformation:
+    """The one Adam of ucsciml: Optax Adam on :func:`adam_schedule`, after a global
+    gradient-norm clip when ``clip_norm > 0``. Every optimising backend uses it, directly
+    (:func:`adam_core`) or through NumPyro's SVI (``inference.VI``)."""
+    opt = optax.adam(adam_schedule(learning_rate, num_steps, schedule, final_fraction))
+    return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm else opt
+
+
 def adam_core(
-    loss_fn: Callable[[PyTree], jax.Array],
+    loss_fn: Callable[..., jax.Array],
     num_steps: int,
     learning_rate: float,
     schedule: str = "exponential",
 ) -> tuple[Callable, Callable]:
-    """Adam on a learning-rate ``schedule`` over ``num_steps`` (by default an exponential
-    decay to 1% of the initial rate), as ``init(z) -> state`` and ``step(state) -> (state,
-    loss)`` on ``state = (z, opt_state)`` (the loss is the objective before the step)."""
-    opt = optax.adam(adam_schedule(learning_rate, num_steps, schedule))
+    """Adam (:func:`adam`) on a learning-rate ``schedule`` over ``num_steps`` (by default an
+    exponential decay to 1% of the initial rate), as ``init(z) -> state`` and
+    ``step(state, *args) -> (state, loss)`` on ``state = (z, opt_state)`` (the loss is the
+    objective ``loss_fn(z, *args)`` before the step; ``args`` vary per step for stochastic
+    objectives, e.g. a fresh dropout mask)."""
+    opt = adam(learning_rate, num_steps, schedule)
 
     def init(z):
         return z, opt.init(z)
 
-    def step(state):
+    def step(state, *args):
         z, opt_state = state
-        loss, grad = jax.value_and_grad(loss_fn)(z)
+        loss, grad = jax.value_and_grad(loss_fn)(z, *args)
         updates, opt_state = opt.update(grad, opt_state, z)
         return (optax.apply_updates(z, updates), opt_state), loss
 

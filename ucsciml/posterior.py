@@ -8,6 +8,7 @@ prediction, the ArviZ DataTree and saving are the same for every backend.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -108,25 +109,26 @@ class Posterior:
         sites = tuple(sites or self.program.predict_sites)
         inputs = self.program.query(points)
         draws = _map_draws(
-            _site_values(self.program.fn, inputs, None, sites),
+            _site_values(self.program.fn, sites),
             self.latent_samples(),
             key,
             batch_size,
+            data=(inputs, None),
         )
         data_vars = {s: (SAMPLE_DIMS + _point_dims(v.ndim - 2), v) for s, v in draws.items()}
         return xr.Dataset(data_vars)
 
     def posterior_predictive(self, key: PRNGKey, batch_size: int = 64) -> dict[str, np.ndarray]:
         """Replicated data at the observed inputs, ``{observed site: (chain, draw, ...)}``."""
-        fn = _site_values(self.program.fn, self.program.inputs, None, self.program.observed)
-        return _map_draws(fn, self.latent_samples(), key, batch_size)
+        fn = _site_values(self.program.fn, self.program.observed)
+        data = (self.program.inputs, None)
+        return _map_draws(fn, self.latent_samples(), key, batch_size, data=data)
 
     def log_likelihood(self, batch_size: int = 64) -> dict[str, np.ndarray]:
         """Pointwise log-likelihood of the observed data, ``{site: (chain, draw, ...)}``."""
-        fn = _site_log_probs(
-            self.program.fn, self.program.inputs, self.program.targets, self.program.observed
-        )
-        return _map_draws(fn, self.latent_samples(), jax.random.key(0), batch_size)
+        fn = _site_log_probs(self.program.fn, self.program.observed)
+        data = (self.program.inputs, self.program.targets)
+        return _map_draws(fn, self.latent_samples(), jax.random.key(0), batch_size, data=data)
 
     def to_datatree(self) -> xr.DataTree:
         """The ArviZ DataTree: posterior, posterior_predictive, log_likelihood, sample_stats,
@@ -230,8 +232,13 @@ def tree_attr(tree: xr.DataTree, name: str, default: Any = None) -> Any:
         return raw
 
 
-def _site_values(fn: Callable, inputs, targets, sites) -> Callable:
-    def one(sample, key):
+@functools.lru_cache(maxsize=64)
+def _site_values(fn: Callable, sites: tuple[str, ...]) -> Callable:
+    """``one(sample, key, inputs, targets)``: the values of ``sites`` in one seeded run of
+    ``fn`` with the latent ``sample`` substituted (one function per model and sites, so the
+    compiled :func:`_map_draws` of a program is reused by every later call)."""
+
+    def one(sample, key, inputs, targets):
         model = handlers.substitute(handlers.seed(fn, key), data=sample)
         trace = handlers.trace(model).get_trace(inputs, targets=targets)
         return {s: trace[s]["value"] for s in sites}
@@ -239,8 +246,11 @@ def _site_values(fn: Callable, inputs, targets, sites) -> Callable:
     return one
 
 
-def _site_log_probs(fn: Callable, inputs, targets, sites) -> Callable:
-    def one(sample, key):
+@functools.lru_cache(maxsize=64)
+def _site_log_probs(fn: Callable, sites: tuple[str, ...]) -> Callable:
+    """Like :func:`_site_values`, the pointwise log densities of ``sites``."""
+
+    def one(sample, key, inputs, targets):
         model = handlers.substitute(handlers.seed(fn, key), data=sample)
         trace = handlers.trace(model).get_trace(inputs, targets=targets)
         return {s: trace[s]["fn"].log_prob(trace[s]["value"]) for s in sites}
@@ -248,16 +258,27 @@ def _site_log_probs(fn: Callable, inputs, targets, sites) -> Callable:
     return one
 
 
-def _map_draws(one: Callable, samples: Mapping[str, np.ndarray], key, batch_size: int):
-    """Apply ``one(sample, key)`` to every (chain, draw) in batches; one jit, no Python loop."""
+def _map_draws(
+    one: Callable,
+    samples: Mapping[str, np.ndarray],
+    key,
+    batch_size: int,
+    data: tuple = (),
+):
+    """Apply ``one(sample, key, *data)`` to every (chain, draw) in batches: one jitted
+    ``lax.map``, no Python loop. ``data`` are traced, so a long-lived ``one`` (a model's
+    :func:`_site_values`) compiles once per shapes, whatever the data and draws."""
     leading = next(iter(samples.values())).shape[:2]
     total = leading[0] * leading[1]
     flat = {k: jnp.reshape(jnp.asarray(v), (total, *v.shape[2:])) for k, v in samples.items()}
     keys = jax.random.split(key, total)
-    mapped = jax.jit(
-        lambda s, k: jax.lax.map(lambda a: one(*a), (s, k), batch_size=min(batch_size, total))
-    )(flat, keys)
+    mapped = _mapped(flat, keys, data, one=one, batch_size=min(batch_size, total))
     return {k: np.asarray(v).reshape(*leading, *v.shape[1:]) for k, v in mapped.items()}
+
+
+@functools.partial(jax.jit, static_argnames=("one", "batch_size"))
+def _mapped(flat, keys, data, *, one, batch_size):
+    return jax.lax.map(lambda a: one(a[0], a[1], *data), (flat, keys), batch_size=batch_size)
 
 
 def _observed_data(program: Program) -> dict[str, np.ndarray]:

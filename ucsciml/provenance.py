@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -27,6 +28,12 @@ _PACKAGES = (
 
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages a result depends on."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
+    # Read once per process: the metadata lookups cost ~10 ms, more than a warm small run.
     out = {}
     for name in _PACKAGES:
         try:

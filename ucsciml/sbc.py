@@ -14,8 +14,9 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -85,6 +86,9 @@ def sbc(
         program: a Program whose latent sites have proper priors; its ``fn`` must sample
             the observed sites when called with ``targets=None``.
         backend: anything with ``run(program, key) -> Posterior`` (e.g. ``inference.NUTS``).
+            A backend with ``sample_replicates(program, targets, keys)`` (``inference.NUTS``)
+            fits all replications through it: with the BlackJAX engine, as one vmapped
+            program per chunk of replications, compiled once.
         key: PRNG key; replication ``i`` uses ``fold_in(key, i)``.
         num_replications: synthetic datasets (Talts et al. use ~1000; 100 detects gross
             miscalibration).
@@ -118,17 +122,15 @@ def sbc(
             f"sbc needs num_replications >= num_bins ({num_bins}), got {num_replications}"
         )
     prior_key, run_key = jax.random.split(key)
-    prior = Predictive(program.fn, num_samples=num_replications)(
-        prior_key, program.inputs, targets=None
+    prior = _prior_predictive(
+        prior_key, program.inputs, fn=program.fn, num_samples=num_replications
     )
     prior = {k: np.asarray(v) for k, v in prior.items()}
+    keys = jax.vmap(lambda i: jax.random.fold_in(run_key, i))(np.arange(num_replications))
     ranks: dict[str, list[int]] = {}
-    for i in range(num_replications):
-        targets = _targets(program, {k: v[i] for k, v in prior.items()})
-        replica = dataclasses.replace(program, targets=targets)
-        posterior = backend.run(replica, jax.random.fold_in(run_key, i))
+    for i, samples in enumerate(_replicate_draws(program, backend, prior, keys)):
         for name in parameters:
-            draws = _thin(posterior.samples[name], num_draws)
+            draws = _thin(samples[name], num_draws)
             truth = prior[name][i]
             if draws.shape[1:] != np.shape(truth):
                 raise ValueError(
@@ -144,7 +146,40 @@ def sbc(
     return SBCResult(arrays, num_draws, num_bins, pvalues)
 
 
-def _targets(program: Program, draw: Mapping[str, np.ndarray]):
+@functools.partial(jax.jit, static_argnames=("fn", "num_samples"))
+def _prior_predictive(key, inputs, *, fn, num_samples):
+    """Prior predictive draws of every site, compiled once per model, shapes and count."""
+    return Predictive(fn, num_samples=num_samples)(key, inputs, targets=None)
+
+
+def _replicate_draws(program: Program, backend, prior: dict, keys) -> Iterator[dict]:
+    """Each replication's draws ``{site: (chain, draw, ...)}``, replication ``i`` fitted to
+    the prior predictive's ``i``-th dataset with ``keys[i]``: all at once through
+    ``backend.sample_replicates`` where the backend has it (``inference.NUTS``, vmapped in
+    chunks for its BlackJAX engine), else one ``backend.run`` after another."""
+    batched = getattr(backend, "sample_replicates", None)
+    if batched is not None:
+        samples, _ = batched(program, _targets(program, prior, stacked=True), keys)
+        for i in range(len(keys)):
+            yield {k: v[i] for k, v in samples.items()}
+        return
+    for i in range(len(keys)):
+        targets = _targets(program, {k: v[i] for k, v in prior.items()})
+        replica = dataclasses.replace(program, targets=targets)
+        yield dict(backend.run(replica, keys[i]).samples)
+
+
+def _targets(program: Program, draw: Mapping[str, np.ndarray], *, stacked: bool = False):
+    """The program's targets with the observed sites replaced by ``draw``'s (with
+    ``stacked``, every leaf gets the replication axis that ``draw``'s leaves lead with)."""
+    if isinstance(program.targets, Mapping) and stacked:
+        num = len(next(iter(draw.values())))
+        fixed = {
+            k: np.broadcast_to(v, (num, *np.shape(v)))
+            for k, v in program.targets.items()
+            if k not in program.observed
+        }
+        return {**fixed, **{k: draw[k] for k in program.observed}}
     if isinstance(program.targets, Mapping):
         return {**program.targets, **{k: draw[k] for k in program.observed}}
     if len(program.observed) != 1:
