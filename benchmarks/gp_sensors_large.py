@@ -23,8 +23,7 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from ucsciml.models._gp_iterative import fit_sensors  # noqa: E402
-from ucsciml.models.spectral_gp import SpectralGP  # noqa: E402
+from ucsciml.models.spectral_gp import SpectralGP, fit_sensors  # noqa: E402
 from ucsciml.pde.heat import Heat  # noqa: E402
 from ucsciml.runner import synthetic_sensors  # noqa: E402
 

@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ucsciml.models._gp_solve import fit
-from ucsciml.models.spectral_gp import SpectralGP
+from ucsciml.models.spectral_gp import SpectralGP, fit
 from ucsciml.pde.manufactured import sin_solution
 from ucsciml.pde.poisson import Poisson1D
 

@@ -24,7 +24,7 @@ The slow tests in ``tests/test_fbm_sde.py`` call :func:`bridge_study` and
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import jax
@@ -32,9 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ucsciml import inference
-from ucsciml.models import _fbm_vi as vi
-from ucsciml.models import _fou_kalman as kalman
-from ucsciml.models import _mafbm, fbm_sde
+from ucsciml.models import fbm_sde
 
 
 def analytic_bridge_sd(hurst: float, noise_std: float = 0.1) -> float:
@@ -45,11 +43,11 @@ def analytic_bridge_sd(hurst: float, noise_std: float = 0.1) -> float:
 
 def approximate_bridge_sd(hurst: float, noise_std: float = 0.1) -> float:
     """The same bridge sd for the (scaled, type I) MA-fBM approximation itself."""
-    g = _mafbm.speeds()
-    w = _mafbm.omega_numpy(hurst, 2.0, g, "I")[0] * _mafbm.standard_fbm_scale(hurst)
+    g = fbm_sde.speeds()
+    w = fbm_sde.omega_numpy(hurst, 2.0, g, "I")[0] * fbm_sde.standard_fbm_scale(hurst)
 
     def cov(s, t):
-        return _mafbm.approximate_covariance(s, t, w, g, "I")
+        return fbm_sde.approximate_covariance(s, t, w, g, "I")
 
     return float(np.sqrt(cov(1, 1) - cov(1, 2) ** 2 / (cov(2, 2) + noise_std**2)))
 
@@ -62,17 +60,17 @@ def bridge_study(hurst: float, seed: int = 0, num_steps: int = 1500) -> dict:
     sde = fbm_sde.LatentSDE(fbm_sde.ZeroDrift(), fbm_sde.ConstantDiffusion(), noise, control)
     observations = fbm_sde.Observations(jnp.array([2.0]), jnp.array([[0.0]]), 0.1)
     start = time.perf_counter()
-    result = vi.fit(
+    result = fbm_sde.fit(
         sde,
         observations,
         key=key_fit,
-        fixed={"hurst": hurst, "sigma": float(_mafbm.standard_fbm_scale(hurst))},
+        fixed={"hurst": hurst, "sigma": float(fbm_sde.standard_fbm_scale(hurst))},
         num_steps=num_steps,
         num_paths=32,
         num_grid_steps=100,
         learning_rate=3e-3,
     )
-    paths, _ = vi.posterior_paths(result, key_paths, 4000)
+    paths, _ = fbm_sde.posterior_paths(result, key_paths, 4000)
     paths = np.asarray(paths[..., 0], np.float64)
     return {
         "hurst": hurst,
@@ -90,14 +88,14 @@ def bridge_study(hurst: float, seed: int = 0, num_steps: int = 1500) -> dict:
 def hurst_data(hurst: float, seed: int = 0):
     """Simulated fOU observations: ``(times, latent, observed)``."""
     times = np.round(np.arange(1, 51) * 0.1, 10)
-    x, y = kalman.simulate(
+    x, y = fbm_sde.simulate_fou(
         jax.random.key(seed),
         times,
         theta=1.0,
         sigma=1.0,
         hurst=hurst,
         noise_std=0.1,
-        gammas=tuple(_mafbm.speeds()),
+        gammas=tuple(fbm_sde.speeds()),
         horizon=5.0,
         kind="II",
     )
@@ -107,7 +105,7 @@ def hurst_data(hurst: float, seed: int = 0):
 def hurst_study(hurst: float, seed: int = 0, num_steps: int = 1500) -> dict:
     """NUTS (Kalman likelihood) and VI posteriors of H from one simulated fOU path."""
     times, _, y = hurst_data(hurst, seed)
-    program = kalman.fou_program(times, y, 0.1, horizon=5.0, attrs={"truth": {"H": hurst}})
+    program = fbm_sde.fou_program(times, y, 0.1, horizon=5.0, attrs={"truth": {"H": hurst}})
     start = time.perf_counter()
     nuts = inference.NUTS(
         num_warmup=300, num_samples=300, num_chains=4, dense_mass=True, progress_bar=False
@@ -120,7 +118,7 @@ def hurst_study(hurst: float, seed: int = 0, num_steps: int = 1500) -> dict:
     sde = fbm_sde.LatentSDE(fbm_sde.LinearDrift(), fbm_sde.ConstantDiffusion(), noise, control)
     observations = fbm_sde.Observations(jnp.asarray(times), jnp.asarray(y)[:, None], 0.1)
     start = time.perf_counter()
-    result = vi.fit(
+    result = fbm_sde.fit(
         sde,
         observations,
         key=key_fit,
@@ -130,7 +128,7 @@ def hurst_study(hurst: float, seed: int = 0, num_steps: int = 1500) -> dict:
         num_grid_steps=250,
         learning_rate=3e-3,
     )
-    posterior = vi.to_posterior(result, jax.random.key(seed + 3), 2000, program=program)
+    posterior = fbm_sde.to_posterior(result, jax.random.key(seed + 3), 2000, program=program)
     vi_seconds = time.perf_counter() - start
     h_vi = posterior.samples["H"].ravel()
     return {
@@ -149,9 +147,24 @@ def hurst_study(hurst: float, seed: int = 0, num_steps: int = 1500) -> dict:
     }
 
 
-def main(argv: list[str]) -> None:
-    studies = [a for a in argv if a in ("bridge", "hurst")] or ["bridge", "hurst"]
-    values = [float(a) for a in argv if a not in ("bridge", "hurst")]
+def main(argv: list[str] | None = None) -> None:
+    """``fbm_study.py [bridge|hurst ...] [H ...]``: run the studies and print one line each."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "args",
+        nargs="*",
+        metavar="STUDY_OR_H",
+        help="'bridge' and/or 'hurst' (default: both), then Hurst indices in (0, 1) "
+        "(default: 0.3 0.5 0.7 for the bridge, 0.3 0.7 for Hurst recovery)",
+    )
+    args = parser.parse_args(argv).args
+    studies = [a for a in args if a in ("bridge", "hurst")] or ["bridge", "hurst"]
+    try:
+        values = [float(a) for a in args if a not in ("bridge", "hurst")]
+    except ValueError:
+        parser.error(f"expected 'bridge', 'hurst' or Hurst indices, got {args}")
+    if any(not 0 < h < 1 for h in values):
+        parser.error(f"Hurst indices must lie in (0, 1), got {values}")
     if "bridge" in studies:
         for h in values or [0.3, 0.5, 0.7]:
             r = bridge_study(h)
@@ -176,4 +189,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -5,9 +5,9 @@ appendix problems) and each test parameter, ``num_functions`` context sets of 10
 (10 stratified times x 10 sorted uniform positions, exact solution values) go to two base
 models, which predict ``u(x, t*)`` on a 201-point grid:
 
-* ``gp``: one GP per function (``models.context_gp``); its predictive covariance includes the
+* ``gp``: one GP per function (``models.probconserv.context_gp``); its predictive covariance includes the
   fitted noise variance (the GP's misfit term; ``--gp-latent`` drops it);
-* ``anp``: one attentive neural process per family (``models.attentive_np``), trained on
+* ``anp``: one attentive neural process per family (``models.probconserv.attentive_np``), trained on
   functions drawn from the family's parameter range (heat c ~ U[1,5], PME m ~ U[1,6],
   Stefan u* ~ U[0.55,0.7]) and moment-matched over 64 latent draws (diagonal + rank-64).
 
@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ucsciml.models import attentive_np as anp
-from ucsciml.models import context_gp
 from ucsciml.models import probconserv as pc
+from ucsciml.models.probconserv import attentive_np as anp
+from ucsciml.models.probconserv import context_gp
 from ucsciml.pde import gpme
 
 PROBLEMS = {
@@ -80,7 +80,7 @@ def contexts_and_grid(problem, key, num_functions: int, num_points: int = 201):
     """Context sets ``(f, 100, 2)``, their values, the grid ``x`` and query points at ``t*``."""
     (x0, x1), (t0, t1) = problem.domain["x"], problem.domain["t"]
     keys = jax.random.split(key, num_functions)
-    contexts = jax.vmap(lambda k: context_gp.stratified_context(k, (x0, x1), (t0, t1)))(keys)
+    contexts = jax.vmap(lambda k: pc.stratified_context(k, (x0, x1), (t0, t1)))(keys)
     contexts = np.asarray(contexts)
     values = problem.solve(contexts.reshape(-1, 2)).reshape(num_functions, -1)
     x = np.linspace(x0, x1, num_points)
@@ -92,9 +92,9 @@ def predict_base(problem, key, num_functions: int, num_points: int = 201, includ
     """Fit one GP per function and predict at ``t*``: ``(x, truth, mean, cov)``."""
     contexts, values, x, query = contexts_and_grid(problem, key, num_functions, num_points)
     mean, cov = context_gp.fit_predict(
-        anp.scale_inputs(problem, contexts),
+        pc.scale_inputs(problem, contexts),
         values,
-        anp.scale_inputs(problem, query),
+        pc.scale_inputs(problem, query),
         include_noise=include_noise,
     )
     return x, problem.solve(query), jnp.asarray(mean), jnp.asarray(cov)
@@ -104,7 +104,7 @@ def predict_anp(problem, key, model, num_functions: int, num_points: int = 201, 
     """The family's ANP at ``t*``: ``(x, truth, ANPPrediction)`` batched over functions
     (same context sets as :func:`predict_base` for the same key)."""
     contexts, values, x, query = contexts_and_grid(problem, key, num_functions, num_points)
-    xc, xq = anp.scale_inputs(problem, contexts), anp.scale_inputs(problem, query)
+    xc, xq = pc.scale_inputs(problem, contexts), pc.scale_inputs(problem, query)
     keys = jax.random.split(jax.random.fold_in(key, 1), num_functions)
     prediction = jax.vmap(lambda k, c, v: anp.predict(model, k, c, v, xq, num_draws))(
         keys, jnp.asarray(xc), jnp.asarray(values)

@@ -27,8 +27,7 @@ import time
 import jax
 import numpy as np
 
-from ucsciml.models._gp_solve import fit, predict
-from ucsciml.models.spectral_gp import SpectralGP
+from ucsciml.models.spectral_gp import SpectralGP, fit, predict
 from ucsciml.pde.advection import Advection
 from ucsciml.pde.manufactured import (
     sin_cos_solution,

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ucsciml.models import attentive_np as anp
 from ucsciml.models import probconserv as pc
+from ucsciml.models.probconserv import attentive_np as anp
 from ucsciml.pde import gpme
 
 

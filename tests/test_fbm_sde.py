@@ -13,17 +13,17 @@ from scipy.special import gamma as gamma_fn
 from scipy.stats import multivariate_normal
 
 from ucsciml.models import fbm_sde
-from ucsciml.models._mafbm import (
+from ucsciml.models.fbm_sde import (
     approximate_covariance,
     fbm_variance,
     omega_numpy,
     relative_error,
-    scaled_upper_gamma,
     speeds,
     standard_fbm_scale,
-    target_energy,
-    weight_system,
 )
+
+# Unit tests of the family's internals (allowed here: tests/test_fbm_sde*.py, see test_layout).
+from ucsciml.models.fbm_sde._mafbm import scaled_upper_gamma, target_energy, weight_system
 
 GAMMAS = speeds(5, 20.0)
 
@@ -165,7 +165,7 @@ def test_euler_and_diffrax_agree_on_shared_increments():
 def test_euler_converges_at_order_one_on_the_noise_free_flow():
     # With zero increments the augmented fOU state follows dz = F z dt, whose exact flow is
     # the Kalman transition Φ = e^{FΔ}; Euler's error must halve when Δt halves (order 1).
-    from ucsciml.models import _fou_kalman as kalman
+    from ucsciml.models.fbm_sde import _fou_kalman as kalman
 
     noise = fbm_sde.MAfBM(kind="I", horizon=1.0)
     sde = fbm_sde.LatentSDE(fbm_sde.LinearDrift(), fbm_sde.ConstantDiffusion(), noise)
@@ -188,7 +188,7 @@ def test_euler_converges_at_order_one_on_the_noise_free_flow():
 
 @pytest.mark.parametrize("kind", ["I", "II"])
 def test_kalman_matches_dense_gaussian(kind):
-    from ucsciml.models import _fou_kalman as kalman
+    from ucsciml.models.fbm_sde import _fou_kalman as kalman
 
     g = tuple(GAMMAS)
     times = np.linspace(0.25, 5.0, 20)
@@ -233,7 +233,7 @@ def test_elbo_at_zero_control_is_the_prior_expected_log_likelihood():
     # is E_prior[log N(y | X(2), r²)] = -log(r sqrt(2π)) - (y² + Var X(2)) / (2 r²), with
     # Var X(2) from the MA-fBM's closed-form covariance. 4096 paths: the MC sd of the
     # estimate is about 1.5% of its value; tolerance 5%.
-    from ucsciml.models import _fbm_vi as vi
+    from ucsciml.models.fbm_sde import _fbm_vi as vi
 
     hurst, r, y = 0.7, 0.5, 0.3
     obs = fbm_sde.Observations(jnp.array([2.0]), jnp.array([[y]]), r)
@@ -256,11 +256,9 @@ def test_elbo_at_zero_control_is_the_prior_expected_log_likelihood():
 
 
 def _tiny_fou_fit():
-    from ucsciml.models import _fbm_vi as vi
-    from ucsciml.models import _fou_kalman as kalman
 
     times = np.round(np.arange(1, 11) * 0.2, 10)
-    _, y = kalman.simulate(
+    _, y = fbm_sde.simulate_fou(
         jax.random.key(0),
         times,
         theta=1.0,
@@ -273,7 +271,7 @@ def _tiny_fou_fit():
     noise = fbm_sde.MAfBM(horizon=2.0)
     control = fbm_sde.Control(1, 5, 2.0, width=16, key=jax.random.key(1))
     sde = fbm_sde.LatentSDE(fbm_sde.LinearDrift(), fbm_sde.ConstantDiffusion(), noise, control)
-    result = vi.fit(
+    result = fbm_sde.fit(
         sde,
         fbm_sde.Observations(times, y, 0.1),
         key=jax.random.key(2),
@@ -286,11 +284,10 @@ def _tiny_fou_fit():
 
 
 def test_fit_returns_finite_float32_fit_and_datatree():
-    from ucsciml.models import _fbm_vi as vi
 
     result, _, _ = _tiny_fou_fit()
     assert result.losses.dtype == jnp.float32 and np.isfinite(np.asarray(result.losses)).all()
-    tree = vi.to_datatree(result, jax.random.key(3), num_draws=50, num_paths=8)
+    tree = fbm_sde.to_datatree(result, jax.random.key(3), num_draws=50, num_paths=8)
     posterior = tree["posterior"].to_dataset()
     assert {"H", "theta", "sigma", "hurst_logit"} <= set(posterior.data_vars)
     assert posterior["H"].shape == (1, 50)
@@ -305,12 +302,12 @@ def test_fit_returns_finite_float32_fit_and_datatree():
 @pytest.mark.slow
 def test_vi_draws_on_the_kalman_program_give_the_full_datatree():
     # ~20 s: the FOUKalman site's replicates and log-likelihood for every draw.
-    from ucsciml.models import _fbm_vi as vi
-    from ucsciml.models import _fou_kalman as kalman
 
     result, times, y = _tiny_fou_fit()
-    program = kalman.fou_program(times, y, 0.1, horizon=2.0)
-    tree = vi.to_datatree(result, jax.random.key(3), num_draws=50, num_paths=8, program=program)
+    program = fbm_sde.fou_program(times, y, 0.1, horizon=2.0)
+    tree = fbm_sde.to_datatree(
+        result, jax.random.key(3), num_draws=50, num_paths=8, program=program
+    )
     assert {"posterior", "posterior_predictive", "log_likelihood", "observed_data"} <= set(
         tree.children
     )
@@ -319,7 +316,7 @@ def test_vi_draws_on_the_kalman_program_give_the_full_datatree():
 
 
 def test_neural_drift_and_diffusion_give_finite_float32_elbo_and_gradients():
-    from ucsciml.models import _fbm_vi as vi
+    from ucsciml.models.fbm_sde import _fbm_vi as vi
 
     keys = jax.random.split(jax.random.key(0), 3)
     noise = fbm_sde.MAfBM(kind="I", horizon=1.0)
@@ -343,17 +340,18 @@ def test_neural_drift_and_diffusion_give_finite_float32_elbo_and_gradients():
 
 
 def test_fit_validates_its_arguments():
-    from ucsciml.models import _fbm_vi as vi
 
     obs = fbm_sde.Observations(jnp.array([2.0]), jnp.array([[0.0]]), 0.1)
     with pytest.raises(ValueError, match="hurst"):
-        vi.fit(_bridge_sde(), obs, key=jax.random.key(0), fixed={"sigma": 1.0}, num_steps=1)
+        fbm_sde.fit(_bridge_sde(), obs, key=jax.random.key(0), fixed={"sigma": 1.0}, num_steps=1)
     with pytest.raises(ValueError, match="grid"):
         obs_off = fbm_sde.Observations(jnp.array([0.013, 2.0]), jnp.zeros((2, 1)), 0.1)
-        vi.fit(_bridge_sde(), obs_off, key=jax.random.key(0), fixed={"hurst": 0.5}, num_steps=1)
+        fbm_sde.fit(
+            _bridge_sde(), obs_off, key=jax.random.key(0), fixed={"hurst": 0.5}, num_steps=1
+        )
     prior = fbm_sde.LatentSDE(fbm_sde.ZeroDrift(), fbm_sde.ConstantDiffusion(), fbm_sde.MAfBM())
     with pytest.raises(ValueError, match="control"):
-        vi.fit(prior, obs, key=jax.random.key(0), fixed={"hurst": 0.5}, num_steps=1)
+        fbm_sde.fit(prior, obs, key=jax.random.key(0), fixed={"hurst": 0.5}, num_steps=1)
 
 
 # ---------------------------------------------------------------- slow: the case studies

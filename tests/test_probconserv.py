@@ -235,7 +235,7 @@ def test_metrics_against_closed_forms():
 
 
 def test_gp_predictive_with_noise_adds_the_fitted_noise_variance():
-    from ucsciml.models import context_gp
+    from ucsciml.models.probconserv import context_gp
 
     rng = np.random.default_rng(0)
     inputs = rng.uniform(size=(30, 2))

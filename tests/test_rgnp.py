@@ -10,7 +10,8 @@ import pytest
 from numpy.polynomial import chebyshev
 
 from ucsciml.models import RGNP
-from ucsciml.models._gicnet import GICNet, bounded_gaussian
+from ucsciml.models.rgnp import GICNet
+from ucsciml.models.rgnp._gicnet import bounded_gaussian  # a family test (see test_layout)
 from ucsciml.pde import NonlinearPoisson1D, ParametricBurgers
 
 POISSON = NonlinearPoisson1D()

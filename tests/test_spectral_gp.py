@@ -8,9 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ucsciml.models import _gp_solve, _kron
-from ucsciml.models import _spectral_kernels as sk
-from ucsciml.models.spectral_gp import SpectralGP
+from ucsciml.models.spectral_gp import SpectralGP, _gp_solve, _kron
+from ucsciml.models.spectral_gp import _spectral_kernels as sk
 from ucsciml.pde.allen_cahn import AllenCahn1D
 from ucsciml.pde.manufactured import sin_solution, sum_sin_cos_solution
 from ucsciml.pde.poisson import Poisson1D, Poisson2D

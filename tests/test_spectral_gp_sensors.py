@@ -12,13 +12,12 @@ import pytest
 from jax.scipy.stats import multivariate_normal as mvn
 
 from ucsciml import data as sensor_data
-from ucsciml.models import _gp_evidence as evidence
-from ucsciml.models import _gp_observe as observe
-from ucsciml.models import _gp_program as gp_program
-from ucsciml.models import _gp_solve as solve
-from ucsciml.models import _kron
-from ucsciml.models import _spectral_kernels as sk
-from ucsciml.models.spectral_gp import SpectralGP
+from ucsciml.models.spectral_gp import SpectralGP, _kron
+from ucsciml.models.spectral_gp import _gp_evidence as evidence
+from ucsciml.models.spectral_gp import _gp_observe as observe
+from ucsciml.models.spectral_gp import _gp_program as gp_program
+from ucsciml.models.spectral_gp import _gp_solve as solve
+from ucsciml.models.spectral_gp import _spectral_kernels as sk
 from ucsciml.pde.base import Unknown
 from ucsciml.pde.burgers import Burgers
 from ucsciml.pde.heat import Heat
@@ -229,7 +228,7 @@ def test_heat_inverse_case_file_end_to_end(tmp_path):
 
 
 def test_iterative_fit_on_sensors_matches_the_dense_conditional():
-    from ucsciml.models._gp_iterative import fit_sensors
+    from ucsciml.models.spectral_gp import fit_sensors
 
     pde = Heat(kappa=0.1)
     model = SpectralGP(pde=pde, grid=(12, 10), num_components=2, max_frequency=0.5)
@@ -253,7 +252,7 @@ def test_kronecker_jacobi_preconditioner_is_the_diagonal_in_its_basis(boundary):
     lowers the condition number of the system CG solves (measured: 6x here, 50x on a 16 x 16
     grid where plain Jacobi gains 1x; it does not remove the physics' near-null space, so
     on 50 x 50 CG still needs > 1000 iterations)."""
-    from ucsciml.models import _gp_precond as precond
+    from ucsciml.models.spectral_gp import _gp_precond as precond
 
     model = dataclasses.replace(_heat_model(grid=(10, 9)), boundary=boundary)
     inputs = gp_program.sensor_inputs(model, synthetic_sensors(model.pde, 30, 0.01, 2))

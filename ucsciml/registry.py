@@ -3,12 +3,30 @@
 Entries are ``"module:attribute"`` strings imported on use, so the spine never imports a
 model or a backend at import time. Add a line here to make a new model or backend reachable
 from case files and ``--backend``.
+
+:data:`FAMILIES` lists every model family (one sub-package or module of ``ucsciml.models``)
+with its entry point and a one-line description, for ``ucsciml list``; :data:`MODELS` is the
+subset a case file's ``[model] name`` reaches (the others are Python API only for now).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class Family(NamedTuple):
+    """A model family as ``ucsciml list`` shows it.
+
+    Attributes:
+        target: ``"module:attribute"`` of the model class one constructs, or ``"module"``
+            for a family that is a set of functions (ProbConserv).
+        description: one line: what the family is for.
+    """
+
+    target: str
+    description: str
+
 
 PDES: dict[str, str] = {
     "burgers": "ucsciml.pde.burgers:Burgers",
@@ -19,6 +37,34 @@ PDES: dict[str, str] = {
 MODELS: dict[str, str] = {
     "bpinn": "ucsciml.models.bpinn:BayesianPINN",
     "spectral_gp": "ucsciml.models.spectral_gp:SpectralGP",
+}
+
+FAMILIES: dict[str, Family] = {
+    "bpinn": Family(
+        "ucsciml.models.bpinn:BayesianPINN",
+        "Bayesian PINN: network prior, data + PDE-residual likelihood, unknown PDE "
+        "parameters as latent sites",
+    ),
+    "spectral_gp": Family(
+        "ucsciml.models.spectral_gp:SpectralGP",
+        "GP PDE solver: spectral-mixture kernels on a collocation grid, Kronecker algebra, "
+        "exact field band for linear PDEs",
+    ),
+    "rgnp": Family(
+        "ucsciml.models.rgnp:RGNP",
+        "random-grid neural process: physics-trained forward field and GICNet inverse map "
+        "for a parametric PDE family",
+    ),
+    "fbm_sde": Family(
+        "ucsciml.models.fbm_sde:LatentSDE",
+        "neural SDE driven by Markov-approximate fractional Brownian motion; VI with a "
+        "control term, Hurst index learned",
+    ),
+    "probconserv": Family(
+        "ucsciml.models.probconserv",
+        "conservation law as a linear-Gaussian observation of any probabilistic surrogate "
+        "(GP and attentive-NP base models)",
+    ),
 }
 
 BACKENDS: dict[str, str] = {
@@ -37,6 +83,11 @@ def resolve(table: dict[str, str], name: str, kind: str) -> Any:
         ValueError: for an unknown name, listing the known ones.
     """
     if name not in table:
+        if table is MODELS and name in FAMILIES:
+            raise ValueError(
+                f"model family '{name}' is not reachable from case files yet; use its Python "
+                f"API ({FAMILIES[name].target}). Case files take one of {sorted(table)}"
+            )
         raise ValueError(f"unknown {kind} '{name}'; choose one of {sorted(table)}")
     module, _, attr = table[name].partition(":")
     return getattr(importlib.import_module(module), attr)

@@ -30,13 +30,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import brentq
 from scipy.special import erf
 
-from ucsciml._types import Array, Float, PRNGKey
+from ucsciml._types import Array
 from ucsciml.pde.base import AbstractPDE
 
 
@@ -336,26 +335,3 @@ class BurgersShock(AbstractConservationLaw):
 
     def front(self, t: np.ndarray) -> np.ndarray:
         return 0.5 + 0.5 * self._value(None) * np.asarray(t, dtype=float)
-
-
-def stratified_context(
-    key: PRNGKey,
-    x_range: tuple[float, float],
-    t_range: tuple[float, float],
-    num_t: int = 10,
-    num_x: int = 10,
-) -> Float[Array, "m 2"]:
-    """The paper's context design: one uniform ``t`` per stratum x sorted uniform ``x``.
-
-    Shared by every base model of the ProbConserv study (GP and neural process).
-
-    Returns the ``num_t * num_x`` points of the product grid as ``(x, t)`` rows.
-    """
-    t_key, x_key = jax.random.split(key)
-    t0, t1 = t_range
-    x0, x1 = x_range
-    strata = (jnp.arange(num_t) + jax.random.uniform(t_key, (num_t,))) / num_t
-    t = t0 + strata * (t1 - t0)
-    x = x0 + jnp.sort(jax.random.uniform(x_key, (num_x,))) * (x1 - x0)
-    tt, xx = jnp.meshgrid(t, x, indexing="ij")
-    return jnp.stack([xx.ravel(), tt.ravel()], axis=-1)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ucsciml._types import Array, Float, PRNGKey
-from ucsciml.models import _mafbm
+from ucsciml.models.fbm_sde import _mafbm
 
 
 class MAfBM(eqx.Module):

@@ -2,7 +2,7 @@ r"""The spectral GP on sensor data: the field marginalised exactly, the rest a N
 
 For a PDE linear in :math:`u`, the grid values given the hyper-parameters are Gaussian with
 scattered sensors, the PDE residual at every grid point and optional Dirichlet rows together
-(:mod:`ucsciml.models._gp_solve`, :mod:`ucsciml.models._gp_evidence`). :func:`compile_sensors`
+(:mod:`ucsciml.models.spectral_gp._gp_solve`, :mod:`ucsciml.models.spectral_gp._gp_evidence`). :func:`compile_sensors`
 
 1. fits every hyper-parameter — the per-axis spectral-mixture kernels, the residual precision
    :math:`\tau_2`, the noise scale when it is unknown and the PDE's unknown coefficients — by
@@ -12,14 +12,14 @@ scattered sensors, the PDE residual at every grid point and optional Dirichlet r
    ``log_tau2`` (and ``log_tau1``, ``log_noise`` where present) with the kernel fixed at its
    fit (empirical Bayes over the kernel only), and whose density is the exact evidence of
    the data under the physics-conditioned GP prior (``numpyro.factor("evidence", ...)``,
-   :func:`~ucsciml.models._gp_evidence.data_evidence`). Any backend then gives the
+   :func:`~ucsciml.models.spectral_gp._gp_evidence.data_evidence`). Any backend then gives the
    coefficients a posterior;
    ``Posterior.predict`` draws the field at new points from its exact conditional given each
    draw (site ``u``: a joint draw of the grid values plus the interpolation variance between
    grid points).
 
 The evidence needs a dense factorisation of the grid's precision, so the program is limited to
-grids of at most :data:`ucsciml.models._gp_solve.DENSE_LIMIT` points; larger grids use
+grids of at most :data:`ucsciml.models.spectral_gp._gp_solve.DENSE_LIMIT` points; larger grids use
 :func:`ucsciml.models.spectral_gp.fit` with sensors (conjugate gradients, no dense matrix).
 
 References:
@@ -43,11 +43,11 @@ from numpyro.infer.util import log_density
 
 from ucsciml import optimize
 from ucsciml._types import Array
-from ucsciml.models import _gp_evidence as evidence
-from ucsciml.models import _gp_observe as observe
-from ucsciml.models import _gp_solve as solve
-from ucsciml.models import _spectral_kernels as sk
-from ucsciml.models._gp_data import (
+from ucsciml.models.spectral_gp import _gp_evidence as evidence
+from ucsciml.models.spectral_gp import _gp_observe as observe
+from ucsciml.models.spectral_gp import _gp_solve as solve
+from ucsciml.models.spectral_gp import _spectral_kernels as sk
+from ucsciml.models.spectral_gp._gp_data import (
     check_linear,
     frequency_bounds,
     kernel_sites,

@@ -36,7 +36,7 @@ import optax
 import xarray as xr
 
 from ucsciml._types import Array, PRNGKey
-from ucsciml.models._latent_sde import LatentSDE, Observations, euler
+from ucsciml.models.fbm_sde._latent_sde import LatentSDE, Observations, euler
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 

@@ -1,14 +1,14 @@
 r"""The spectral GP on sensor data for grids too large to factorise: conjugate gradients.
 
-Beyond :data:`ucsciml.models._gp_solve.DENSE_LIMIT` grid points the evidence of
-:mod:`ucsciml.models._gp_program` (a dense factorisation) is out of reach, so the
-hyper-parameters are fitted by the alternating scheme of :func:`ucsciml.models._gp_solve.fit`
+Beyond :data:`ucsciml.models.spectral_gp._gp_solve.DENSE_LIMIT` grid points the evidence of
+:mod:`ucsciml.models.spectral_gp._gp_program` (a dense factorisation) is out of reach, so the
+hyper-parameters are fitted by the alternating scheme of :func:`ucsciml.models.spectral_gp._gp_solve.fit`
 on the joint density of grid values, sensors, residual and hyper-parameters: per step the
 exact conditional mean of the grid values by conjugate gradients with Kronecker matvecs
 (warm-started), then one Adam step on the hyper-parameters at that mean, in unconstrained
 coordinates (spectral means in the grid's resolvable band, coefficients in their prior's
 support). Memory stays :math:`O(N + \sum_j n_j^2 + S \prod_{j>1} n_j)`: no ``N x N`` matrix.
-:func:`ucsciml.models._gp_solve.predict` then gives the band from Matheron draws.
+:func:`ucsciml.models.spectral_gp._gp_solve.predict` then gives the band from Matheron draws.
 
 References:
     Fang et al. (2024), Solving High Frequency and Multi-Scale PDEs with Gaussian Processes,
@@ -25,9 +25,9 @@ import optax
 from tqdm.auto import tqdm
 
 from ucsciml import convergence
-from ucsciml.models import _gp_solve as solve
-from ucsciml.models import _kron
-from ucsciml.models._gp_data import (
+from ucsciml.models.spectral_gp import _gp_solve as solve
+from ucsciml.models.spectral_gp import _kron
+from ucsciml.models.spectral_gp._gp_data import (
     check_linear,
     kernel_sites,
     sensor_inputs,
@@ -35,7 +35,7 @@ from ucsciml.models._gp_data import (
     transforms,
     with_data_defaults,
 )
-from ucsciml.models._gp_precond import kron_jacobi
+from ucsciml.models.spectral_gp._gp_precond import kron_jacobi
 
 #: Chunks of the alternating loop (progress bar resolution).
 CHUNKS = 10
@@ -65,12 +65,12 @@ def fit_sensors(
         cg_final_maxiter: cap of the final solve (default ``10 * cg_maxiter``); a
             :class:`RuntimeWarning` is raised when it stops above ``cg_tol``.
         precondition: precondition CG with the Kronecker-eigenbasis Jacobi preconditioner
-            (:func:`ucsciml.models._gp_precond.kron_jacobi`).
+            (:func:`ucsciml.models.spectral_gp._gp_precond.kron_jacobi`).
         progress: show a progress bar.
 
     Returns:
-        :class:`~ucsciml.models._gp_solve.SpectralGPFit` whose ``inputs`` hold the data, for
-        :func:`~ucsciml.models._gp_solve.predict`. A fit whose loss still changes over its
+        :class:`~ucsciml.models.spectral_gp._gp_solve.SpectralGPFit` whose ``inputs`` hold the data, for
+        :func:`~ucsciml.models.spectral_gp._gp_solve.predict`. A fit whose loss still changes over its
         last window is logged as not converged (:func:`ucsciml.convergence.judge`).
     """
     if not jax.config.jax_enable_x64:

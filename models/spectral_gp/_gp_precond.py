@@ -1,6 +1,6 @@
 r"""A Kronecker-eigenbasis Jacobi preconditioner for the spectral GP's CG solves.
 
-The whitened precision of the grid values (:mod:`ucsciml.models._gp_solve`) is
+The whitened precision of the grid values (:mod:`ucsciml.models.spectral_gp._gp_solve`) is
 
 .. math::
     P = I + \tau_2 \sum_{k,l} c_k c_l \bigotimes_j B_j^{(a_{kj})\top} B_j^{(a_{lj})}
@@ -32,8 +32,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 
 from ucsciml._types import Array
-from ucsciml.models import _gp_solve as solve
-from ucsciml.models import _kron
+from ucsciml.models.spectral_gp import _gp_solve as solve
+from ucsciml.models.spectral_gp import _kron
 
 
 def _diag_in_basis(left: Array, right: Array) -> Array:
@@ -67,7 +67,7 @@ def axis_bases(whitened: list[dict[int, Array]]) -> list[Array]:
 
 def kron_jacobi(model, theta: dict, inputs: dict) -> Callable[[Array], Array]:
     """The preconditioner ``v -> M^{-1} v`` on grid-shaped whitened vectors (module docstring)
-    for the rows of :func:`ucsciml.models._gp_solve.linear_system` at ``theta``: residual,
+    for the rows of :func:`ucsciml.models.spectral_gp._gp_solve.linear_system` at ``theta``: residual,
     sensors (``inputs["sensor_points"]``) and Dirichlet rows (``inputs["boundary_index"]``)."""
     kparams = model.kernel_params(theta)
     chols, _ = model.factors(kparams)

@@ -31,7 +31,7 @@ import scipy.linalg
 from jax.scipy.linalg import expm
 
 from ucsciml._types import Array, PRNGKey
-from ucsciml.models import _mafbm
+from ucsciml.models.fbm_sde import _mafbm
 from ucsciml.program import Program
 
 

@@ -22,8 +22,8 @@ import numpyro.distributions as dist
 import xarray as xr
 
 from ucsciml._types import Array, PRNGKey
-from ucsciml.models import _rgnp_train
-from ucsciml.models._gicnet import GICNet, bounded_gaussian, raw_size
+from ucsciml.models.rgnp import _rgnp_train
+from ucsciml.models.rgnp._gicnet import GICNet, bounded_gaussian, raw_size
 from ucsciml.program import Program
 
 
@@ -311,7 +311,7 @@ class RGNP:
         chunk_size: int = 100,
         progress_bar: bool = True,
     ) -> tuple[RGNPParams, np.ndarray]:
-        """Maximise the ELBO with Adam (see :func:`ucsciml.models._rgnp_train.fit`).
+        """Maximise the ELBO with Adam (see :func:`ucsciml.models.rgnp._rgnp_train.fit`).
 
         Returns:
             ``(params, elbo_history)``, the history one value per step.

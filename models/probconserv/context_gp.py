@@ -32,7 +32,7 @@ import scipy.linalg as sla
 from scipy.optimize import minimize
 
 from ucsciml._types import Array, Float
-from ucsciml.pde.gpme import stratified_context
+from ucsciml.models.probconserv._contexts import stratified_context
 
 __all__ = ["GPFit", "fit", "fit_predict", "predict", "stratified_context"]
 

@@ -1,9 +1,9 @@
 r"""GP-HM: a Gaussian-process PDE solver with spectral-mixture kernels on a collocation grid.
 
 The solution's values on a tensor grid get a GP prior with a product over dimensions of
-per-dimension spectral-mixture kernels (:mod:`ucsciml.models._spectral_kernels`), so
+per-dimension spectral-mixture kernels (:mod:`ucsciml.models.spectral_gp._spectral_kernels`), so
 :math:`\mathrm{vec}\,U \sim \mathcal N(0, C_1\otimes\dots\otimes C_d)`. Derivatives on the grid
-are :math:`U \times_j D_j^{(m_j)} C_j^{-1}` (:mod:`ucsciml.models._kron`). The likelihood is the
+are :math:`U \times_j D_j^{(m_j)} C_j^{-1}` (:mod:`ucsciml.models.spectral_gp._kron`). The likelihood is the
 boundary data with precision :math:`\lambda_b\tau_1` and the PDE residual at every grid point
 with precision :math:`\tau_2`:
 
@@ -40,10 +40,10 @@ import numpyro.distributions as dist
 from jax.scipy.linalg import cholesky, solve_triangular
 
 from ucsciml._types import Array
-from ucsciml.models import _kron
-from ucsciml.models import _spectral_kernels as sk
-from ucsciml.models._gp_program import BOUNDARY, COLLOCATION, FlatAt, compile_sensors
-from ucsciml.models._gp_solve import SpectralGPFit, fit, posterior_draws, predict
+from ucsciml.models.spectral_gp import _kron
+from ucsciml.models.spectral_gp import _spectral_kernels as sk
+from ucsciml.models.spectral_gp._gp_program import BOUNDARY, COLLOCATION, FlatAt, compile_sensors
+from ucsciml.models.spectral_gp._gp_solve import SpectralGPFit, fit, posterior_draws, predict
 from ucsciml.pde.base import AbstractPDE, Unknown
 from ucsciml.pde.manufactured import AbstractManufacturedPDE
 from ucsciml.program import Program
@@ -400,7 +400,7 @@ class SpectralGP:
             data: sensor data (:func:`ucsciml.data.sensors`): the field is marginalised
                 exactly and the program's latent sites are the PDE's unknowns and the noise
                 precisions, with the kernel fitted by type-II MAP at compile time
-                (:func:`ucsciml.models._gp_program.compile_sensors`; needs float64 enabled).
+                (:func:`ucsciml.models.spectral_gp._gp_program.compile_sensors`; needs float64 enabled).
                 ``None``: the benchmark program of Fang et al. with the grid values as a
                 site and Dirichlet data from the PDE's manufactured solution.
 

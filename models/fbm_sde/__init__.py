@@ -34,6 +34,11 @@ linear-Gaussian: :func:`kalman_log_likelihood` is its exact likelihood and
 the gold standard the variational posterior of ``H`` is compared with
 (``case_studies/fbm_study.py``).
 
+Modules, all private and imported only by this family: ``_mafbm`` (the MA-fBM weights and
+covariances), ``_latent_sde`` (drift, diffusion, control and the solvers), ``_fbm_vi`` (the
+ELBO, its fit and the posterior exit) and ``_fou_kalman`` (the exact fOU likelihood and its
+NumPyro program).
+
 Example:
     >>> import jax, jax.numpy as jnp
     >>> from ucsciml.models import fbm_sde
@@ -50,7 +55,7 @@ References:
     Fractional Noise, ICLR 2024.
 """
 
-from ucsciml.models._fbm_vi import (
+from ucsciml.models.fbm_sde._fbm_vi import (
     GaussianGlobals,
     VIResult,
     default_priors,
@@ -60,9 +65,9 @@ from ucsciml.models._fbm_vi import (
     to_datatree,
     to_posterior,
 )
-from ucsciml.models._fou_kalman import fou_program, kalman_log_likelihood
-from ucsciml.models._fou_kalman import simulate as simulate_fou
-from ucsciml.models._latent_sde import (
+from ucsciml.models.fbm_sde._fou_kalman import fou_program, kalman_log_likelihood
+from ucsciml.models.fbm_sde._fou_kalman import simulate as simulate_fou
+from ucsciml.models.fbm_sde._latent_sde import (
     ConstantDiffusion,
     Control,
     LatentSDE,
@@ -78,7 +83,8 @@ from ucsciml.models._latent_sde import (
     sample_prior,
     solve_diffrax,
 )
-from ucsciml.models._mafbm import (
+from ucsciml.models.fbm_sde._mafbm import (
+    approximate_covariance,
     fbm_variance,
     omega,
     omega_numpy,
@@ -100,6 +106,7 @@ __all__ = [
     "Path",
     "VIResult",
     "ZeroDrift",
+    "approximate_covariance",
     "brownian_increments",
     "default_priors",
     "euler",

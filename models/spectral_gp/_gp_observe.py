@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from ucsciml._types import Array
-from ucsciml.models import _spectral_kernels as sk
+from ucsciml.models.spectral_gp import _spectral_kernels as sk
 
 
 def axis_weights(kind: str, params: sk.KernelParams, chol: Array, grid: Array, x: Array) -> Array:

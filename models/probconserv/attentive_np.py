@@ -50,7 +50,8 @@ import optax
 from tqdm.auto import tqdm
 
 from ucsciml._types import Array, Float, PRNGKey
-from ucsciml.pde.gpme import AbstractConservationLaw, stratified_context
+from ucsciml.models.probconserv._contexts import scale_inputs, stratified_context
+from ucsciml.pde.gpme import AbstractConservationLaw
 
 logger = logging.getLogger(__name__)
 
@@ -179,12 +180,6 @@ class FamilyData(NamedTuple):
     xt: np.ndarray
     yt: np.ndarray
     parameter: np.ndarray
-
-
-def scale_inputs(problem: AbstractConservationLaw, points) -> np.ndarray:
-    """``(x, t)`` in the problem's domain -> the unit square the ANP is trained on."""
-    (x0, x1), (t0, t1) = problem.domain["x"], problem.domain["t"]
-    return (np.asarray(points, dtype=float) - [x0, t0]) / [x1 - x0, t1 - t0]
 
 
 def family_data(

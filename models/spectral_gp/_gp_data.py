@@ -12,7 +12,7 @@ from numpyro.distributions.transforms import biject_to
 
 from ucsciml import data as sensor_data
 from ucsciml._types import Array
-from ucsciml.models import _spectral_kernels as sk
+from ucsciml.models.spectral_gp import _spectral_kernels as sk
 
 
 def with_data_defaults(model):
@@ -79,7 +79,7 @@ def sensor_inputs(model, data) -> dict[str, Array]:
 
 def frequency_bounds(model) -> dict[str, constraints.Constraint]:
     """Spectral means limited to ``[0, f_max]``, ``f_max`` the grid's resolvable frequency
-    (:data:`~ucsciml.models._spectral_kernels.MIN_POINTS_PER_PERIOD` points per period):
+    (:data:`~ucsciml.models.spectral_gp._spectral_kernels.MIN_POINTS_PER_PERIOD` points per period):
     above it a component aliases onto the grid and fits noise."""
     if model.kernel not in sk.MIXTURES:
         return {}

@@ -40,10 +40,10 @@ from jax.scipy.linalg import cho_solve, cholesky, solve_triangular
 from jax.scipy.sparse.linalg import cg
 
 from ucsciml._types import Array, PRNGKey
-from ucsciml.models import _gp_data as _data
-from ucsciml.models import _gp_observe as _observe
-from ucsciml.models import _kron
-from ucsciml.models import _spectral_kernels as sk
+from ucsciml.models.spectral_gp import _gp_data as _data
+from ucsciml.models.spectral_gp import _gp_observe as _observe
+from ucsciml.models.spectral_gp import _kron
+from ucsciml.models.spectral_gp import _spectral_kernels as sk
 
 #: Grids with at most this many points are solved densely.
 DENSE_LIMIT = 2500
@@ -81,7 +81,7 @@ class SpectralGPFit(NamedTuple):
         cg_relres: relative residual ``|P z - G^T y| / |G^T y|`` of the
             final conjugate-gradient solve (``nan`` for dense solves and ``"joint"``).
         inputs: the solver's inputs for a fit to sensor data
-            (:func:`ucsciml.models._gp_iterative.fit_sensors`), ``None`` for the benchmark
+            (:func:`ucsciml.models.spectral_gp._gp_iterative.fit_sensors`), ``None`` for the benchmark
             program; :func:`predict` uses them.
     """
 
@@ -104,10 +104,10 @@ def linear_system(
     ``inputs["boundary_values"]``, or ``targets`` for the benchmark program) with precision
     :math:`\lambda_b\tau_1`; scattered sensors when ``inputs`` has ``sensor_points``
     (values ``sensor_values``, noise sd ``sensor_noise`` or ``exp(sites["log_noise"])``), read
-    off the grid by :func:`ucsciml.models._gp_observe.observe` with the grid's interpolation
+    off the grid by :func:`ucsciml.models.spectral_gp._gp_observe.observe` with the grid's interpolation
     variance added to the noise; the PDE residual at every grid point with precision
     :math:`\tau_2`. ``physics_only`` keeps the residual rows alone (the physics-conditioned
-    prior whose evidence :func:`ucsciml.models._gp_evidence.data_evidence` divides out).
+    prior whose evidence :func:`ucsciml.models.spectral_gp._gp_evidence.data_evidence` divides out).
     """
     kparams = model.kernel_params(sites)
     chols, operators = model.factors(kparams)
@@ -310,7 +310,7 @@ def solve_cg_checked(
 
     ``jax.scipy.sparse.linalg.cg`` stops silently at ``maxiter``; the residual is returned so
     callers can report an unconverged solve instead of using it unknowingly. ``precond`` is
-    an SPD ``v -> M^{-1} v`` (:func:`ucsciml.models._gp_precond.kron_jacobi`).
+    an SPD ``v -> M^{-1} v`` (:func:`ucsciml.models.spectral_gp._gp_precond.kron_jacobi`).
     """
     zero = jnp.zeros(shape)
     gt = jax.linear_transpose(system.g_fn, zero)

@@ -1,6 +1,6 @@
 r"""The exact evidence and conditional of a linear PDE's grid values (dense grids).
 
-In whitened coordinates (:mod:`ucsciml.models._gp_solve`) the grid values given the
+In whitened coordinates (:mod:`ucsciml.models.spectral_gp._gp_solve`) the grid values given the
 hyper-parameters :math:`\theta` are :math:`z \sim \mathcal N(0, I)` observed through
 :math:`y = Gz + \varepsilon`, :math:`\varepsilon \sim \mathcal N(0, I)`, with every row scaled to
 unit noise by :math:`s_i`. With :math:`P = I + G^\top G = L_P L_P^\top` and
@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from jax.scipy.linalg import cholesky, solve_triangular
 
 from ucsciml._types import Array, PRNGKey
-from ucsciml.models._gp_solve import DataRows, NormalEquations
+from ucsciml.models.spectral_gp._gp_solve import DataRows, NormalEquations
 
 
 class Conditional(NamedTuple):
