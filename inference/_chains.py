@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ucsciml import distributed
 from ucsciml._types import PRNGKey
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def map_chains(
     )
 
     def run(args):
-        return sharded(jax.device_put(args, NamedSharding(mesh, P("chain"))))
+        return distributed.gather(sharded(distributed.put(args, NamedSharding(mesh, P("chain")))))
 
     return run
 

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     _configure_logging(args.quiet)
     try:
+        _start_distributed(args)
         return args.func(args)
     except (FileNotFoundError, ValueError, TypeError, RunDirectoryBusy) as err:
         print(f"ucsciml: error: {err}", file=sys.stderr)
@@ -130,7 +131,26 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="reuse a finished posterior.nc in the run directory if the config matches",
     )
+    run.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one process of a multi-process run: start JAX's distributed runtime from the "
+        "cluster (SLURM, Open MPI); `ucsciml launch` sets this up on one machine",
+    )
     run.set_defaults(func=_cmd_run)
+
+    launch = sub.add_parser(
+        "launch",
+        help="run a command as N cooperating local processes (a distributed run on one machine)",
+        description="Example: ucsciml launch --processes 2 -- run CASE.toml. Each process gets "
+        "its share of the cores as XLA devices; process 0 writes the run directory.",
+    )
+    launch.add_argument("--processes", type=int, required=True, help="number of processes")
+    launch.add_argument(
+        "--devices", type=int, help="XLA CPU devices per process (default: cores / processes)"
+    )
+    launch.add_argument("rest", nargs=argparse.REMAINDER, help="`--` then the ucsciml command")
+    launch.set_defaults(func=_cmd_launch)
 
     study = sub.add_parser(
         "study",
@@ -208,7 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--html", help="write the table as HTML here (default: compare.html)")
     cmp.set_defaults(func=_cmd_compare)
 
-    lst = sub.add_parser("list", help="list case files, models, backends and PDEs")
+    lst = sub.add_parser("list", help="list case files, model families, backends and PDEs")
     lst.set_defaults(func=_cmd_list)
     return parser
 
@@ -225,11 +245,46 @@ def case_path(name: str | None) -> Path:
     return CASE_DIR / f"{name}.toml"
 
 
+def _start_distributed(args) -> None:
+    """Join a distributed run when the launcher's variables are set or ``--distributed``."""
+    from ucsciml import distributed
+
+    settings = distributed.settings_from_env()
+    if settings is not None or getattr(args, "distributed", False):
+        distributed.initialize(settings)
+
+
+def jax_processes() -> int:
+    import jax
+
+    return jax.process_count()
+
+
+def _cmd_launch(args) -> int:
+    from ucsciml.launch import launch
+
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    return launch(args.processes, rest, devices=args.devices)
+
+
 def _cmd_run(args) -> int:
+    import tempfile
+
+    from ucsciml import distributed
     from ucsciml.config import load_case
     from ucsciml.runner import run_case
 
     cfg = load_case(case_path(args.case))
+    if args.resume and jax_processes() > 1:
+        raise ValueError(
+            "--resume is not supported for distributed runs yet (the processes would disagree "
+            "on what to skip): rerun on one process with --resume, or without it"
+        )
+    if not distributed.is_main():
+        # Every process computes; only process 0 writes the run directory.
+        with tempfile.TemporaryDirectory(prefix="ucsciml-process-") as scratch:
+            run_case(cfg, backend=args.backend, seed=args.seed, out=scratch)
+        return 0
     result = run_case(cfg, backend=args.backend, seed=args.seed, out=args.out, resume=args.resume)
     print(f"run directory: {result.run_dir}")
     print(result.diagnostics.to_text())
@@ -326,8 +381,11 @@ def _cmd_list(args) -> int:
     print(f"cases ({CASE_DIR}):")
     for path in sorted(CASE_DIR.glob("*.toml")):
         print(f"  {path.stem}")
+    print("model families ([case files]: `[model] name = ...` in a case file; [Python]: API only):")
+    for name, family in registry.FAMILIES.items():
+        reach = "[case files]" if name in registry.MODELS else "[Python]"
+        print(f"  {name:<12} {reach:<12} {family.description}  ({family.target})")
     for title, table in (
-        ("models", registry.MODELS),
         ("backends", registry.BACKENDS),
         ("pdes", registry.PDES),
     ):
