@@ -1,8 +1,9 @@
-"""Worker of tests/test_distributed.py: NUTS (4 chains) or an 8-member ensemble on a conjugate
-regression, as one process of a distributed run when the launcher's variables are set.
+"""Worker of tests/test_distributed.py: NUTS (4 chains), an 8-member ensemble or a
+20-replicate SBC on a conjugate regression, as one process of a distributed run when the
+launcher's variables are set.
 
-Usage: ``python distributed_worker.py OUT.npz [numpyro|blackjax|ensemble]``; process 0 writes
-the draws and the layout to ``OUT.npz``.
+Usage: ``python distributed_worker.py OUT.npz [numpyro|blackjax|ensemble|sbc]``; process 0
+writes the draws (SBC: the ranks) and the layout to ``OUT.npz``.
 """
 
 import sys
@@ -34,6 +35,19 @@ X = rng.normal(size=(40, 3))
 y = X @ np.array([0.5, -1.0, 2.0]) + 0.5 * rng.normal(size=40)
 program = uq.Program.from_numpyro(model, X, y)
 kind = sys.argv[2] if len(sys.argv) > 2 else "numpyro"
+if kind == "sbc":
+    from ucsciml.sbc import sbc
+
+    nuts = inference.NUTS(engine="blackjax", num_warmup=100, num_samples=100, num_chains=2)
+    result = sbc(program, nuts, jax.random.key(4), num_replications=20)
+    if distributed.is_main():
+        np.savez(
+            sys.argv[1],
+            beta=np.stack([result.ranks[k] for k in sorted(result.ranks)]),
+            devices=jax.device_count(),
+            processes=jax.process_count(),
+        )
+    sys.exit(0)
 if kind == "ensemble":
     backend = inference.DeepEnsemble(num_members=8, map=inference.MAPFit(adam_steps=200))
 else:

@@ -51,10 +51,17 @@ def _multi(out: Path, kind: str, processes: int, devices: int) -> dict:
     return dict(np.load(out))
 
 
-@pytest.mark.parametrize("kind", ["numpyro", pytest.param("ensemble", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "numpyro",
+        pytest.param("ensemble", marks=pytest.mark.slow),
+        pytest.param("sbc", marks=pytest.mark.slow),
+    ],
+)
 def test_two_processes_equal_one_process_with_as_many_devices(tmp_path, kind):
-    """4 NUTS chains (or 8 ensemble members) over 2 processes x 2 devices: the same draws,
-    bit for bit, as 1 process x 4 devices."""
+    """4 NUTS chains, 8 ensemble members or a 20-replicate SBC (BlackJAX NUTS) over 2
+    processes x 2 devices: the same draws (ranks), bit for bit, as 1 process x 4 devices."""
     one = _single(tmp_path / "one.npz", kind, 4)
     two = _multi(tmp_path / "two.npz", kind, 2, 2)
     assert (int(one["processes"]), int(one["devices"])) == (1, 4)
