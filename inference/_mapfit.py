@@ -10,11 +10,17 @@ where one is near ``steps / chunks``, and each chunk is then a plain scan of the
 fits are bit-identical to one unchunked scan (measured on the default Burgers fit). Otherwise
 steps past the phase's end inside the last chunk are skipped by a ``cond`` (about 8% slower
 under ``lax.map`` on a CPU; under ``vmap`` at most one chunk of extra work).
+
+With a checkpoint :class:`~ucsciml.checkpoint.Slot`, the optimiser state and the losses so
+far are saved atomically after every chunk (``<prefix>-Adam.npz``, ``<prefix>-L-BFGS.npz``);
+a later call with the same slot continues from the last one saved, through the same compiled
+chunks, so the resumed fits are bit-identical to uninterrupted ones.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from ucsciml import checkpoint as checkpoints
 from ucsciml._types import PyTree
 from ucsciml.convergence import judge
 from ucsciml.inference._chains import map_chains, tile
@@ -31,7 +38,9 @@ from ucsciml.inference._mapfit_settings import MAPFit
 from ucsciml.optimize import adam_core, end_point_checks, lbfgs_core
 from ucsciml.program import Program
 
-#: Chunks per phase: the progress bar's resolution.
+log = logging.getLogger(__name__)
+
+#: Chunks per phase: the progress bar's resolution (and the checkpoints' spacing).
 CHUNKS = 10
 
 
@@ -95,34 +104,71 @@ class MapFitter:
         return [f for _, start, chunk in self._compiled for f in (start, chunk)] + [self._checks]
 
     def __call__(
-        self, z0: PyTree, args: Any = None, *, desc: str = "MAP fits", progress: bool = True
+        self,
+        z0: PyTree,
+        args: Any = None,
+        *,
+        desc: str = "MAP fits",
+        progress: bool = True,
+        checkpoint: checkpoints.Slot | None = None,
     ):
-        z = z0
-        traces = []
+        resumed = self._resume(checkpoint, z0, args)
+        done = resumed[2] if resumed else 0
+        losses = resumed[1] if resumed else np.full((self.num_fits, self.total), np.nan, _float())
+        z, offset = z0, 0
         with tqdm(
             total=self.total * self.num_fits,
+            initial=done * self.num_fits,
             desc=f"{desc} ({self.num_fits} fit{'s' if self.num_fits > 1 else ''})",
             unit="step",
             disable=not progress or None,
             leave=False,
             dynamic_ncols=True,
         ) as bar:
-            for (name, steps, _), (length, start, chunk) in zip(
-                self.phases, self._compiled, strict=True
+            for index, ((name, steps, _), (length, start, chunk)) in enumerate(
+                zip(self.phases, self._compiled, strict=True)
             ):
-                state = start((z, args))
-                losses = []
-                for first in range(0, steps, length):
+                if resumed and index < resumed[3]:
+                    offset += steps
+                    continue
+                if resumed and index == resumed[3]:
+                    state, first0 = resumed[0], done - offset
+                else:
+                    state, first0 = start((z, args)), 0
+                for first in range(first0, steps, length):
                     state, loss = chunk((state, jnp.full((self.num_fits,), first), args))
-                    losses.append(loss)
-                    done = min(length, steps - first)
-                    last = np.asarray(loss[:, done - 1])
+                    count = min(length, steps - first)
+                    losses[:, offset + first : offset + first + count] = np.asarray(loss)[:, :count]
+                    if checkpoint is not None:
+                        checkpoint.save(name, (state, losses), offset + first + count)
+                    last = losses[:, offset + first + count - 1]
                     bar.set_postfix_str(f"{name}, best loss {np.nanmin(last):.5g}", refresh=False)
-                    bar.update(done * self.num_fits)
+                    bar.update(count * self.num_fits)
                 z = state[0]
-                traces.append(jnp.concatenate(losses, axis=1)[:, :steps])
-        losses = jnp.concatenate(traces, axis=1) if traces else jnp.zeros((self.num_fits, 0))
-        return z, losses, self._checks((z, args))
+                offset += steps
+        return z, jnp.asarray(losses), self._checks((z, args))
+
+    def _resume(self, checkpoint, z0, args):
+        """``(state, losses, steps done, phase index)`` of the latest usable checkpoint of
+        ``checkpoint``'s phases, or ``None``. A phase's state template is its start from
+        ``z0`` (built only when that phase's file exists)."""
+        if checkpoint is None:
+            return None
+        offsets = np.cumsum([0] + [steps for _, steps, _ in self.phases])
+        template = np.zeros((self.num_fits, self.total), _float())
+        for index in reversed(range(len(self.phases))):
+            name = self.phases[index][0]
+            if not checkpoint.path(name).exists():
+                continue
+            restored = checkpoint.load(name, (self._compiled[index][1]((z0, args)), template))
+            if restored is None:
+                continue
+            (state, losses), step = restored
+            if not offsets[index] < step <= offsets[index + 1]:
+                continue
+            log.info("%s resumes from %s at step %d", checkpoint.prefix, name, step)
+            return state, np.array(losses), int(step), index
+        return None
 
 
 def map_starts(
@@ -134,12 +180,14 @@ def map_starts(
     hint: str,
     shard: bool = True,
     progress: bool = True,
+    checkpoint: checkpoints.Slot | None = None,
 ) -> tuple[PyTree, np.ndarray, dict]:
     """MAP fits of ``program``'s potential that are starting points of a later algorithm
     (NUTS chains, a VI guide): one fit per start (leading axis), with a verdict that is
     mentioned, not decisive (its gradient tolerance ``fit.lbfgs_tol``). The fitter is cached
     per model, data shapes and settings (:func:`_start_fitter`), the data are traced: later
-    runs, new data of the same shapes included, compile nothing.
+    runs, new data of the same shapes included, compile nothing. With a ``checkpoint`` slot
+    the fits save their state after every chunk and resume from the last one saved.
 
     Returns:
         The fitted points, the losses ``(fits, steps)`` and the convergence verdict.
@@ -150,7 +198,7 @@ def map_starts(
     num = int(jax.tree.leaves(starts)[0].shape[0])
     fitter = _start_fitter(ProgramSignature(program), fit, num, shard)
     data = tile((program.inputs, program.targets), num)
-    z, losses, checks = fitter(starts, data, desc=phase, progress=progress)
+    z, losses, checks = fitter(starts, data, desc=phase, progress=progress, checkpoint=checkpoint)
     losses = np.asarray(losses)
     if not np.isfinite(losses[:, -1]).all():
         raise FloatingPointError(
@@ -171,6 +219,11 @@ def _start_fitter(signature: ProgramSignature, fit: MAPFit, num: int, shard: boo
     return MapFitter(
         lambda data: family.make(inputs=data[0], targets=data[1]), num, fit, shard=shard
     )
+
+
+def _float() -> np.dtype:
+    """The losses' dtype: JAX's default float (float64 under ``jax.enable_x64``)."""
+    return np.dtype(jnp.result_type(float))
 
 
 def _chunk_length(steps: int, chunks: int) -> int:

@@ -18,6 +18,12 @@ settings, with the data as traced arguments:
   progress bar's chunks and a single uninterrupted call run the same executable;
 * ``finish``: the recorded positions to constrained (and deterministic) sites.
 
+With a checkpoint :class:`~ucsciml.checkpoint.Slot` the steps run in :data:`CHUNKS` calls
+whether or not the progress bar shows, and the carry (chain states and the draws recorded so
+far) is saved atomically after each as ``<prefix>-sample.npz``; a later call with the same
+slot continues from the last one saved. Every chunk is the same executable, so a resumed run
+draws exactly what an uninterrupted one does.
+
 Chains are vmapped on one device and split over devices (``shard_map``) when there are
 several, as :func:`~ucsciml.inference._chains.map_chains` lays them out. The draws are those
 of ``MCMC(NUTS(fn, init_strategy=init_to_sample), chain_method="vectorized")`` with the
@@ -27,11 +33,13 @@ same chain keys.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from numpyro.infer.hmc import hmc
@@ -39,10 +47,14 @@ from numpyro.infer.initialization import init_to_sample
 from numpyro.infer.util import initialize_model
 from tqdm.auto import tqdm
 
+from ucsciml import checkpoint as checkpoints
+from ucsciml import distributed
 from ucsciml.inference._chains import num_shards
 from ucsciml.inference._map import ProgramSignature, family_of
 
-#: Progress-bar chunks per run (when the bar is shown).
+log = logging.getLogger(__name__)
+
+#: Progress-bar (and checkpoint) chunks per run.
 CHUNKS = 20
 #: HMCState fields kept per draw, under the names NumPyro's ``extra_fields`` use.
 FIELDS = (
@@ -133,7 +145,7 @@ def numpyro_sampler(
         )
 
     @jax.jit
-    def init(keys, starts, inputs, targets):
+    def init_local(keys, starts, inputs, targets):
         # One chain after another: vmapping the initial-point search (a while loop with
         # branches) compiles 3x slower, for a step that costs one gradient per chain.
         states = jax.lax.map(lambda a: init_one(*a, inputs, targets), (keys, starts))
@@ -142,6 +154,10 @@ def numpyro_sampler(
             _record(states),
         )
         return states, buffer
+
+    def init(keys, starts, inputs, targets):
+        # MAP starts arrive sharded over the chain mesh; lax.map needs them on one device.
+        return init_local(keys, jax.tree.map(np.asarray, starts), inputs, targets)
 
     shards = num_shards(num_chains) if shard else 1
     if num_chains // shards == 1:
@@ -187,8 +203,8 @@ def numpyro_sampler(
         )
 
         def advance(carry, start, stop, inputs, targets):
-            carry = jax.device_put(carry, NamedSharding(mesh, P("chain")))
-            return sharded(carry, start, stop, inputs, targets)
+            carry = distributed.put(carry, NamedSharding(mesh, P("chain")))
+            return distributed.gather(sharded(carry, start, stop, inputs, targets))
 
     @jax.jit
     def finish(carry, inputs, targets):
@@ -200,26 +216,44 @@ def numpyro_sampler(
 
 
 def sample(
-    sampler: NumPyroSampler, keys, starts, inputs, targets, *, progress: bool
+    sampler: NumPyroSampler,
+    keys,
+    starts,
+    inputs,
+    targets,
+    *,
+    progress: bool,
+    checkpoint: checkpoints.Slot | None = None,
 ) -> tuple[dict, dict]:
     """Run ``sampler`` from ``keys`` (and ``starts``) on the data; returns the constrained
     draws ``{site: (chain, draw, ...)}`` and ``{field: (chain, draw)}`` of :data:`FIELDS`.
-    With ``progress`` the steps run in :data:`CHUNKS` calls of the same executable with a
-    progress bar between them."""
+    With ``progress`` (or a ``checkpoint`` slot) the steps run in :data:`CHUNKS` calls of the
+    same executable, with a progress bar (and a checkpoint) between them."""
     carry = sampler.init(keys, starts, inputs, targets)
     total = sampler.num_steps
-    length = -(-total // CHUNKS) if progress else total
+    done = 0
+    if checkpoint is not None:
+        restored = checkpoint.load("sample", carry)
+        if restored is not None and 0 < restored.step <= total:
+            carry, done = restored
+            log.info("NUTS resumes from %s at step %d", checkpoint.path("sample"), done)
+    chunked = progress or checkpoint is not None
+    length = -(-total // CHUNKS) if chunked else total
     with tqdm(
         total=total,
+        initial=done,
         desc=f"NUTS ({keys.shape[0]} chain{'s' if keys.shape[0] > 1 else ''})",
         unit="step",
         disable=not progress or None,
         leave=False,
         dynamic_ncols=True,
     ) as bar:
-        for start in range(0, total, length):
+        # Chunk boundaries stay at multiples of ``length`` after a resume.
+        for start in range(done, total, length):
             stop = min(start + length, total)
             carry = sampler.advance(carry, jnp.int32(start), jnp.int32(stop), inputs, targets)
             jax.block_until_ready(carry)
+            if checkpoint is not None:
+                checkpoint.save("sample", carry, stop)
             bar.update(stop - start)
     return sampler.finish(carry, inputs, targets)

@@ -14,6 +14,7 @@ import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.primitives import Messenger
 
+from ucsciml import checkpoint
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards, tile
@@ -71,6 +72,11 @@ class DeepEnsemble:
             steps at 1e-2, then 200 L-BFGS steps).
         anchored: randomise-then-optimise members (see above).
         shard: split members across devices when there are several.
+        checkpoint_dir: folder for checkpoints of the member fits (``None``: none): all
+            members' optimiser states and losses are saved after every chunk of each phase
+            (``ensemble-Adam.npz``, ``ensemble-L-BFGS.npz``); a later run with the same
+            settings, key and data continues from the last one and ends with the very
+            members an uninterrupted run fits.
 
     Example:
         >>> posterior = DeepEnsemble(num_members=8).run(program, jax.random.key(0))
@@ -91,6 +97,7 @@ class DeepEnsemble:
     map: MAPFit = map_field(adam_steps=3000, learning_rate=1e-2, lbfgs_steps=200)
     anchored: bool = False
     shard: bool = True
+    checkpoint_dir: str | None = None
     num_steps: int | None = legacy("adam_steps")
     learning_rate: float | None = legacy("learning_rate")
     lbfgs_steps: int | None = legacy("lbfgs_steps")
@@ -113,11 +120,12 @@ class DeepEnsemble:
         check_continuous(program, "DeepEnsemble")
         run_key, predictive_key = jax.random.split(key)
         keys = chain_keys(run_key, self.num_members)
+        slot = self._slot(program, key)
         if self.anchored:
-            z, losses, grads, shards = self._fit_anchored(program, keys)
+            z, losses, grads, shards = self._fit_anchored(program, keys, slot)
         else:
             z, losses, grads, shards = self._fit_batches(
-                program, keys, tile(program.targets, len(keys))
+                program, keys, tile(program.targets, len(keys)), checkpoint=slot
             )
         signature = ProgramSignature(program)
         constrained = constrain_fn(signature)(z, program.inputs, program.targets)
@@ -186,6 +194,16 @@ class DeepEnsemble:
         }
         return self._posterior(program, constrained, key, shards, optimization)
 
+    def _slot(self, program: Program, key: PRNGKey) -> checkpoint.Slot | None:
+        """The members' checkpoint slot, fingerprinted by these settings (less the folder),
+        the run's key and the data; ``None`` without a ``checkpoint_dir``."""
+        if self.checkpoint_dir is None:
+            return None
+        settings = {k: v for k, v in settings_of(self).items() if k != "checkpoint_dir"}
+        data = (program.inputs, program.targets)
+        fingerprint = checkpoint.fingerprint(settings, key, data, program.name)
+        return checkpoint.Slot(self.checkpoint_dir, "ensemble", fingerprint)
+
     def _verdict(self, losses, grads, phase: str) -> dict:
         hint = (
             "raise map.lbfgs_steps (an L-BFGS polish converges where Adam's decayed rate stalls)"
@@ -200,7 +218,7 @@ class DeepEnsemble:
             hint=hint,
         )
 
-    def _fit_anchored(self, program: Program, keys):
+    def _fit_anchored(self, program: Program, keys, slot=None):
         """Randomise-then-optimise members (see the class docstring), through one cached
         executable per model, data shapes and settings (:func:`_anchored_fitter`)."""
         _log_unanchored(program)
@@ -208,16 +226,19 @@ class DeepEnsemble:
             ProgramSignature(program), self.map, self.num_members, self.shard
         )
         data = tile((program.inputs, program.targets), self.num_members)
-        z, losses, grads = fit((keys, *data))
+        z, losses, grads = fit((keys, *data), checkpoint=slot)
         return z, losses, grads, shards
 
     def _fitter(self, program: Program, batch: int):
         return _map_fitter(ProgramSignature(program), self.map, batch, self.shard)
 
-    def _fit_batches(self, program: Program, keys, targets, desc: str = "ensemble members"):
+    def _fit_batches(
+        self, program: Program, keys, targets, desc: str = "ensemble members", checkpoint=None
+    ):
         """Plain MAP fits, one per key and target set, ``num_members`` at a time through one
         cached executable (:func:`_map_fitter`): an ensemble's members and every batch of
-        replicate refits of the same program compile once."""
+        replicate refits of the same program compile once. A ``checkpoint`` slot (one batch
+        only) saves and resumes the fits."""
         num = int(keys.shape[0])
         batch = min(self.num_members, num)
         if num % batch:
@@ -231,7 +252,8 @@ class DeepEnsemble:
         for start in range(0, num, batch):
             part = _rows(targets, start, start + batch)
             label = desc if num == batch else f"{desc} {start // batch + 1}/{num // batch}"
-            z, loss, grad = fit((keys[start : start + batch], part, inputs), label)
+            slot = checkpoint if num == batch else None
+            z, loss, grad = fit((keys[start : start + batch], part, inputs), label, slot)
             zs.append(z)
             losses.append(loss)
             grads.append(grad)
@@ -265,9 +287,9 @@ def _map_fitter(signature, settings, batch, shard):
         sequential=True,
     )
 
-    def fit(args, desc="ensemble members"):
+    def fit(args, desc="ensemble members", checkpoint=None):
         keys, targets, inputs = args
-        return fitter(starts(args), (targets, inputs), desc=desc)
+        return fitter(starts(args), (targets, inputs), desc=desc, checkpoint=checkpoint)
 
     fit.fitter = fitter
     shards = num_shards(batch) if shard else 1
@@ -304,8 +326,8 @@ def _anchored_fitter(signature, settings, num_members, shard):
         shard=shard,
     )
 
-    def fit(args):
-        return fitter(starts(args), args, desc="anchored ensemble members")
+    def fit(args, checkpoint=None):
+        return fitter(starts(args), args, desc="anchored ensemble members", checkpoint=checkpoint)
 
     fit.fitter = fitter
     return fit, num_shards(num_members) if shard else 1

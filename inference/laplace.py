@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from ucsciml import checkpoint
 from ucsciml._types import PRNGKey
 from ucsciml.convergence import judge
 from ucsciml.inference._chains import chain_keys, tile
@@ -91,6 +92,9 @@ class Laplace:
             unconstrained units; 1 caps any direction's sd at 1).
         num_modes: MAP fits from independent starts, mixed with equal weights (1: the
             classic single-mode Laplace approximation).
+        checkpoint_dir: folder for checkpoints of the MAP fits (``None``: none), saved after
+            every chunk (``laplace-Adam.npz``, ``laplace-L-BFGS.npz``); a later run with the
+            same settings, key and data continues from the last one to the same modes.
 
     Example:
         >>> posterior = Laplace().run(program, jax.random.key(0))  # doctest: +SKIP
@@ -112,6 +116,7 @@ class Laplace:
     max_full_dim: int = 4000
     min_eigenvalue: float = 1.0
     num_modes: int = 1
+    checkpoint_dir: str | None = None
     map_steps: int | None = legacy("adam_steps")
     learning_rate: float | None = legacy("learning_rate")
     lbfgs_steps: int | None = legacy("lbfgs_steps")
@@ -129,6 +134,15 @@ class Laplace:
             )
         if not self.min_eigenvalue > 0:
             raise ValueError(f"Laplace.min_eigenvalue must be > 0, got {self.min_eigenvalue!r}")
+
+    def _slot(self, program: Program, key: PRNGKey) -> checkpoint.Slot | None:
+        """The MAP fits' checkpoint slot (settings less the folder, key, data), or ``None``."""
+        if self.checkpoint_dir is None:
+            return None
+        settings = {k: v for k, v in settings_of(self).items() if k != "checkpoint_dir"}
+        data = (program.inputs, program.targets)
+        fingerprint = checkpoint.fingerprint(settings, key, data, program.name)
+        return checkpoint.Slot(self.checkpoint_dir, "laplace", fingerprint)
 
     def run(self, program: Program, key: PRNGKey) -> Posterior:
         """Find the mode(s) of ``program``'s posterior and draw from the Gaussian at each.
@@ -158,6 +172,7 @@ class Laplace:
             core.starts(init_keys, *data),
             tile(data, num_modes),
             desc="Laplace mode search" if num_modes == 1 else "Laplace modes",
+            checkpoint=self._slot(program, key),
         )
         log.info("Laplace: %s Hessian of %d dimensions at %d mode(s)", mode_of, dim, num_modes)
         constrained, eigenvalues, variance = core.finish(draw_key, modes, *data)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 
+from ucsciml import checkpoint
 from ucsciml._types import PRNGKey
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards, tile
 from ucsciml.inference._driver import sample_scan
@@ -64,6 +65,14 @@ class NUTS:
             Bayesian last layer plus the PDE coefficients of a B-PINN
             (``("w4", "b4", "lambda1", "lambda2")``). Needs ``init="map"``; every chain
             starts from that MAP. Empty (the default): sample all latent sites.
+        checkpoint_dir: folder for checkpoints of the long phases (``None``: none). The MAP
+            initialisation saves its optimiser state after every chunk
+            (``nuts-map-Adam.npz``, ``nuts-map-L-BFGS.npz``) and, with the NumPyro engine,
+            sampling saves the chain states and the draws so far after each of its 20 chunks
+            (``nuts-sample.npz``); a later run with the same settings, key and data continues
+            from the last checkpoint and draws exactly what an uninterrupted run draws.
+            BlackJAX's warm-up and sampling run as one compiled call and are not
+            checkpointed.
 
     Example:
         >>> posterior = NUTS(num_warmup=200, num_samples=200).run(program, jax.random.key(0))
@@ -88,6 +97,7 @@ class NUTS:
     progress_bar: bool = True
     shard: bool = True
     sample_sites: tuple[str, ...] = ()
+    checkpoint_dir: str | None = None
     map_steps: int | None = legacy("adam_steps")
     map_learning_rate: float | None = legacy("learning_rate")
     map_lbfgs_steps: int | None = legacy("lbfgs_steps")
@@ -130,18 +140,18 @@ class NUTS:
         if self.init == "prior" and not fixed_sites:
             # Each engine draws the prior start itself: no extra compile here.
             if self.engine == "numpyro":
-                samples, stats = self._run_numpyro(program, keys, None)
+                samples, stats = self._run_numpyro(program, keys, None, key)
             else:
                 samples, stats = self._run_blackjax(program, keys, None)
         else:
-            init_params, losses, verdict = self._initial_positions(program, keys)
+            init_params, losses, verdict = self._initial_positions(program, keys, key)
             if verdict is not None:
                 optimization = {"objective": "MAP initialisation", "convergence": verdict}
             sampled, fixed = program, {}
             if fixed_sites:
                 sampled, init_params, fixed = _subspace(program, init_params, losses, fixed_sites)
             if self.engine == "numpyro":
-                samples, stats = self._run_numpyro(sampled, keys, init_params)
+                samples, stats = self._run_numpyro(sampled, keys, init_params, key)
             else:
                 samples, stats = self._run_blackjax(sampled, keys, init_params)
             # Held sites enter the draws as constants, so predictions use the full model.
@@ -166,7 +176,20 @@ class NUTS:
     def _shards(self) -> int:
         return num_shards(self.num_chains) if self.shard else 1
 
-    def _initial_positions(self, program, keys):
+    def _slot(self, prefix: str, program: Program, key: PRNGKey, start):
+        """The checkpoint slot of one phase: its fingerprint covers these settings (less
+        the checkpoint folder and the progress bar), the run's key, the data and the phase's
+        starting point; ``None`` without a ``checkpoint_dir``."""
+        if self.checkpoint_dir is None:
+            return None
+        settings = settings_of(self)
+        for name in ("checkpoint_dir", "progress_bar"):
+            settings.pop(name)
+        data = (program.inputs, program.targets, start)
+        fingerprint = checkpoint.fingerprint(settings, key, data, program.name, prefix)
+        return checkpoint.Slot(self.checkpoint_dir, prefix, fingerprint)
+
+    def _initial_positions(self, program, keys, key):
         start_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
         starts = init_fn(ProgramSignature(program))(start_keys, program.inputs, program.targets)
         if self.init == "prior":
@@ -179,12 +202,13 @@ class NUTS:
             hint="raise map.adam_steps or map.lbfgs_steps (warmup still adapts from these starts)",
             shard=self.shard,
             progress=self.progress_bar,
+            checkpoint=self._slot("nuts-map", program, key, starts),
         )
         final = losses[:, -1]
         log.info("MAP initialisation: final potential per chain %s", np.round(final, 2).tolist())
         return z, final, verdict
 
-    def _run_numpyro(self, program, keys, init_params):
+    def _run_numpyro(self, program, keys, init_params, key):
         sampler = numpyro_sampler(
             ProgramSignature(program),
             self.num_warmup,
@@ -203,6 +227,7 @@ class NUTS:
             program.inputs,
             program.targets,
             progress=self.progress_bar,
+            checkpoint=self._slot("nuts", program, key, init_params),
         )
         samples = {k: np.asarray(v) for k, v in samples.items()}
         num_steps = np.asarray(extra["num_steps"])
@@ -273,8 +298,9 @@ class NUTS:
         """
         num = int(keys.shape[0])
         if self.engine != "blackjax" or self.init != "prior" or self.sample_sites:
+            single = dataclasses.replace(self, checkpoint_dir=None)  # replicates never resume
             runs = [
-                self.run(dataclasses.replace(program, targets=_row(targets, r)), keys[r])
+                single.run(dataclasses.replace(program, targets=_row(targets, r)), keys[r])
                 for r in range(num)
             ]
             return (

@@ -285,6 +285,11 @@ class VI:
             phase="VI MAP initialisation",
             hint="raise map.adam_steps or map.lbfgs_steps (the guide still fits from this start)",
             shard=False,
+            checkpoint=checkpoint.Slot(
+                self.checkpoint_dir, "vi-map", self._fingerprint(program, key)
+            )
+            if self.checkpoint_dir
+            else None,
         )
         constrained = constrain_fn(signature)(z, program.inputs, program.targets)
         latent = set(program.latent_sites())

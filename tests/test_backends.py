@@ -338,8 +338,11 @@ def test_runner_points_vi_at_run_dir_checkpoints(tmp_path):
     assert resumed.checkpoint_dir == str(tmp_path / "checkpoints") and stale.exists()
     _with_checkpoints(inference.VI(), tmp_path, resume=False)
     assert not stale.exists()
-    nuts = inference.NUTS()
-    assert _with_checkpoints(nuts, tmp_path, resume=True) is nuts
+    for backend in (inference.NUTS(), inference.DeepEnsemble(), inference.Laplace()):
+        pointed = _with_checkpoints(backend, tmp_path, resume=True)
+        assert pointed.checkpoint_dir == str(tmp_path / "checkpoints")
+    dropout = inference.MCDropout()  # no checkpointed phase
+    assert _with_checkpoints(dropout, tmp_path, resume=True) is dropout
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,25 @@ the fingerprint and the leaf shapes against a template, so a checkpoint from ano
 ignored instead of silently continued. Nothing is pickled (``allow_pickle=False``) and the
 write is a temp file + rename, so a kill mid-write leaves the previous checkpoint intact.
 PRNG key leaves are stored as their raw key data and rewrapped from the template's impl.
+
+A backend names each long phase's file after the phase (``nuts-sample.npz``,
+``ensemble-Adam.npz``, ...) and fingerprints it with :func:`fingerprint` (its settings, key,
+data bytes and starting point), so a checkpoint of other settings or data is never resumed.
+
+**Test hook.** With the environment variable ``UCSCIML_TEST_KILL_AFTER_CHUNK=phase:n`` the
+process sends itself ``SIGKILL`` right after writing the ``n``-th checkpoint of ``phase``
+(the file's stem) in this process: the kill-and-resume tests crash a run at a chosen point
+exactly as ``kill -9`` would, with no cleanup.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import logging
 import os
+import signal
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,8 +35,33 @@ import numpy as np
 
 from ucsciml._io import atomic_write
 from ucsciml._types import PyTree
+from ucsciml.provenance import config_hash
 
 log = logging.getLogger(__name__)
+
+#: The environment variable of the test hook (see the module docstring).
+KILL_AFTER = "UCSCIML_TEST_KILL_AFTER_CHUNK"
+_writes: collections.Counter[str] = collections.Counter()  # checkpoints written, by phase
+
+
+class Slot(NamedTuple):
+    """Where a backend's phases checkpoint: ``folder/<prefix>-<phase>.npz``, all under one
+    ``fingerprint`` (:func:`fingerprint` of what the phases compute from)."""
+
+    folder: str | os.PathLike
+    prefix: str
+    fingerprint: str
+
+    def path(self, phase: str) -> Path:
+        return Path(self.folder) / f"{self.prefix}-{phase}.npz"
+
+    def save(self, phase: str, state: PyTree, step: int) -> Path:
+        """:func:`save` of ``phase``'s state under this slot's fingerprint."""
+        return save(self.path(phase), state, step, self.fingerprint)
+
+    def load(self, phase: str, like: PyTree) -> Checkpoint | None:
+        """:func:`load` of ``phase``'s state under this slot's fingerprint."""
+        return load(self.path(phase), like, self.fingerprint)
 
 
 class Checkpoint(NamedTuple):
@@ -35,6 +73,20 @@ class Checkpoint(NamedTuple):
 
 def _is_key(leaf) -> bool:
     return hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def fingerprint(settings: dict, key, arrays: PyTree = None, *extra) -> str:
+    """A hash of what a checkpointed computation depends on: JSON-able ``settings``, the PRNG
+    ``key``'s data, the bytes of every leaf of ``arrays`` (data, starting points) and any
+    JSON-able ``extra`` (a program name, a phase)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(arrays):
+        value = jax.random.key_data(leaf) if _is_key(leaf) else leaf
+        value = np.ascontiguousarray(np.asarray(value))
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(value.tobytes())
+    key_data = np.asarray(jax.random.key_data(key)).tolist()
+    return config_hash([settings, key_data, digest.hexdigest(), *extra])
 
 
 def save(path: str | os.PathLike, state: PyTree, step: int, fingerprint: str) -> Path:
@@ -65,7 +117,22 @@ def save(path: str | os.PathLike, state: PyTree, step: int, fingerprint: str) ->
             f.flush()
             os.fsync(f.fileno())
 
-    return atomic_write(path, write)
+    path = atomic_write(path, write)
+    _kill_hook(Path(path).stem)
+    return path
+
+
+def _kill_hook(phase: str) -> None:
+    """``SIGKILL`` this process after the ``n``-th checkpoint of ``phase`` when
+    :data:`KILL_AFTER` is ``phase:n`` (tests only)."""
+    spec = os.environ.get(KILL_AFTER)
+    if not spec:
+        return
+    name, _, count = spec.rpartition(":")
+    _writes[phase] += 1
+    if name == phase and count.isdigit() and _writes[phase] == int(count):
+        log.warning("%s=%s: killing this process after checkpoint %s", KILL_AFTER, spec, phase)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def load(path: str | os.PathLike, like: PyTree, fingerprint: str) -> Checkpoint | None:
@@ -73,7 +140,8 @@ def load(path: str | os.PathLike, like: PyTree, fingerprint: str) -> Checkpoint 
 
     Args:
         path: the ``.npz`` file.
-        like: a template pytree with the structure, shapes and dtypes of the saved state.
+        like: a template pytree with the structure, shapes and dtypes of the saved state
+            (arrays, or ``jax.ShapeDtypeStruct`` leaves as :func:`jax.eval_shape` returns).
         fingerprint: must equal the saved one; otherwise the file is ignored (logged).
 
     Returns:
@@ -83,22 +151,28 @@ def load(path: str | os.PathLike, like: PyTree, fingerprint: str) -> Checkpoint 
     if not path.exists():
         return None
     leaves, treedef = jax.tree.flatten(like)
-    with np.load(path, allow_pickle=False) as data:
-        if str(data["fingerprint"]) != str(fingerprint):
-            log.warning("checkpoint %s belongs to another run (fingerprint differs); ignored", path)
-            return None
-        saved = [data[f"leaf_{i}"] for i in range(len(leaves)) if f"leaf_{i}" in data]
-        step = int(data["step"])
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["fingerprint"]) != str(fingerprint):
+                log.warning(
+                    "checkpoint %s belongs to another run (fingerprint differs); ignored", path
+                )
+                return None
+            saved = [data[f"leaf_{i}"] for i in range(len(leaves)) if f"leaf_{i}" in data]
+            step = int(data["step"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        log.warning("checkpoint %s is unreadable (%s: %s); ignored", path, type(err).__name__, err)
+        return None
     restored = []
     for template, value in zip(leaves, saved, strict=False):
         if _is_key(template):
-            if value.shape != jax.random.key_data(template).shape:
+            if value.shape != jax.eval_shape(jax.random.key_data, template).shape:
                 break
             restored.append(jax.random.wrap_key_data(value, impl=jax.random.key_impl(template)))
         else:
             if value.shape != np.shape(template):
                 break
-            restored.append(jnp.asarray(value, dtype=jnp.result_type(template)))
+            restored.append(jnp.asarray(value, dtype=template.dtype))
     if len(restored) != len(leaves):
         log.warning("checkpoint %s does not match this state's structure; ignored", path)
         return None

@@ -104,8 +104,13 @@ DATA_DEFAULTS = {
 PLACEMENTS = ("interior", "initial_boundary")
 #: ``[data]`` keys that only synthetic data use; a sensor file fixes sensors and noise.
 SYNTHETIC_ONLY = ("num_sensors", "noise", "placement")
-TOP_KEYS = ("case", "pde", "data", "model", "backend", "evaluation", "calibration")
+TOP_KEYS = ("case", "pde", "data", "model", "backend", "evaluation", "calibration", "output")
 EVAL_KEYS = {"grid": list}
+#: ``[output]``: what the run directory keeps. ``save_network_weights = false`` leaves the
+#: network sites (``Program.network_sites``) out of ``posterior.nc``; the physical
+#: parameters, the predictions on the evaluation grid and the other groups stay.
+OUTPUT_KEYS = {"save_network_weights": bool}
+OUTPUT_DEFAULTS = {"save_network_weights": True}
 
 
 class ConfigError(ValueError):
@@ -247,6 +252,8 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
     cfg["backend"] = resolved
     if "calibration" in cfg:
         cfg["calibration"] = _resolve_calibration(cfg["calibration"], source)
+    cfg["output"] = {**OUTPUT_DEFAULTS, **cfg.get("output", {})}
+    _check_types(cfg["output"], OUTPUT_KEYS, "[output]", source)
     cfg["evaluation"] = {"grid": [64, 32], **cfg.get("evaluation", {})}
     _check_types(cfg["evaluation"], EVAL_KEYS, "[evaluation]", source)
     coords = registry.resolve(registry.PDES, cfg["pde"]["name"], "pde").coords
@@ -560,7 +567,7 @@ def _check_types(table, spec, where, source):
         if key not in table:
             continue
         value = table[key]
-        ok = isinstance(value, typ) and not isinstance(value, bool)
+        ok = isinstance(value, typ) and (typ is bool or not isinstance(value, bool))
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             table[key] = float(value)
             ok = True

@@ -23,11 +23,13 @@ import numpy as np
 import xarray as xr
 from numpyro import handlers
 
-from ucsciml._io import atomic_write
+from ucsciml._io import write_datatree
 from ucsciml._types import PRNGKey
 from ucsciml.program import Program
 
 SAMPLE_DIMS = ("chain", "draw")
+#: ``Posterior.attrs`` flag of a posterior loaded from a file saved without network weights.
+WEIGHTS_LEFT_OUT = "network_weights_left_out"
 #: Backend kinds; diagnostics use this to decide which checks apply.
 KINDS = ("mcmc", "variational", "laplace", "ensemble", "dropout")
 
@@ -80,8 +82,20 @@ class Posterior:
         return next(iter(self.samples.values())).shape[1]
 
     def latent_samples(self) -> dict[str, np.ndarray]:
-        """Draws of the latent sites only (what substitution into the model needs)."""
+        """Draws of the latent sites only (what substitution into the model needs).
+
+        Raises:
+            ValueError: for a posterior saved without its network weights (the model would
+                silently draw them from the prior).
+        """
         latent = self.program.latent_sites()
+        missing = [k for k in latent if k not in self.samples]
+        if missing and self.attrs.get(WEIGHTS_LEFT_OUT):
+            raise ValueError(
+                f"this posterior was saved without its network weights {missing} "
+                "([output] save_network_weights = false), so it cannot be evaluated at new "
+                "points; use its stored predictions, or rerun with save_network_weights = true"
+            )
         return {k: v for k, v in self.samples.items() if k in latent}
 
     def predict(
@@ -157,9 +171,19 @@ class Posterior:
         tree.attrs.update(_netcdf_attrs(self._provenance()))
         return tree
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_datatree` as netCDF, atomically. Read back with ``ucsciml.load``."""
-        return save_tree(self.to_datatree(), path)
+    def save(self, path: str | os.PathLike, *, network_weights: bool = True) -> Path:
+        """Write :meth:`to_datatree` as zlib-compressed netCDF, atomically. Read back with
+        ``ucsciml.load``.
+
+        Args:
+            path: destination ``.nc`` file.
+            network_weights: keep the draws of the network sites (``Program.network_sites``);
+                ``False`` leaves them out (:func:`without_network_weights`): physical
+                parameters, derived sites and every other group stay, but the saved tree can
+                no longer predict at new points.
+        """
+        tree = self.to_datatree()
+        return save_tree(tree if network_weights else without_network_weights(tree), path)
 
     @classmethod
     def from_datatree(cls, tree: xr.DataTree, program: Program, key: PRNGKey) -> Posterior:
@@ -167,6 +191,8 @@ class Posterior:
         post = tree["posterior"].to_dataset()
         stats = tree["sample_stats"].to_dataset() if "sample_stats" in tree.children else {}
         attrs = json.loads(tree.attrs.get("ucsciml_attrs", "{}"))
+        if str(tree.attrs.get("ucsciml_network_weights_saved", 1)) == "0":
+            attrs[WEIGHTS_LEFT_OUT] = True
         return cls(
             samples={k: post[k].values for k in post.data_vars},
             program=program,
@@ -216,9 +242,29 @@ def load(path: str | os.PathLike) -> xr.DataTree:
         return tree.load()
 
 
-def save_tree(tree: xr.DataTree, path: str | os.PathLike) -> Path:
-    """Write a DataTree as netCDF atomically."""
-    return atomic_write(path, lambda p: tree.to_netcdf(p, engine="h5netcdf"))
+def save_tree(tree: xr.DataTree, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write a DataTree as netCDF atomically, zlib-compressed unless ``compress=False``
+    (:func:`ucsciml._io.write_datatree`)."""
+    return write_datatree(tree, path, compress=compress)
+
+
+def without_network_weights(tree: xr.DataTree) -> xr.DataTree:
+    """The tree without the draws of its network sites (the ``ucsciml_network_sites``
+    attribute :meth:`Posterior.to_datatree` writes) in the ``posterior`` group; the
+    attribute ``ucsciml_network_weights_saved`` (0) says they were left out. Network weights
+    are most of a neural surrogate's posterior file and no diagnostic judges them
+    (permutation symmetry), while predictions and physical parameters are what a report
+    shows."""
+    network = [str(v) for v in tree_attr(tree, "ucsciml_network_sites", []) or []]
+    tree = tree.copy()
+    if "posterior" in tree.children:
+        post = tree["posterior"].to_dataset()
+        post = post.drop_vars([v for v in network if v in post])
+        used = {d for v in post.data_vars.values() for d in v.dims}
+        post = post.drop_vars([c for c in post.coords if not set(post[c].dims) <= used])
+        tree["posterior"] = xr.DataTree(post)
+    tree.attrs["ucsciml_network_weights_saved"] = 0
+    return tree
 
 
 def tree_attr(tree: xr.DataTree, name: str, default: Any = None) -> Any:

@@ -6,7 +6,11 @@ and ``log.txt``; each is written atomically, so a crash never leaves a
 half-written file; files take the user's umask and ``posterior.nc`` is zlib-compressed.
 ``resume=True`` reuses a finished ``posterior.nc`` made from the same inputs (the config,
 the bytes of a sensor data file and the versions of :data:`NUMERIC_PACKAGES`), and otherwise
-lets a checkpointing backend (VI) continue from ``checkpoints/``. A report that cannot be
+lets a checkpointing backend (NUTS's MAP start and sampling, ensemble members, VI) continue
+from ``checkpoints/``, which a run of other inputs never reuses and a finished
+``posterior.nc`` replaces. ``[output] save_network_weights = false`` leaves the network
+weights out of the final ``posterior.nc`` (physical parameters and the field on the grid
+stay); such a file is resumed from its stored predictions. A report that cannot be
 drawn is a warning in ``log.txt`` and in ``metrics.json``'s ``warnings`` (shown by
 ``ucsciml summary``). A run holds the directory's lock (:mod:`ucsciml.rundir`) throughout:
 a second run on the same directory is refused instead of mixing its files with the first's.
@@ -35,7 +39,7 @@ from ucsciml import data as sensor_data
 from ucsciml._io import file_digest, write_datatree, write_json, write_text
 from ucsciml.calibrated import calibrate_run
 from ucsciml.pde.base import AbstractPDE
-from ucsciml.posterior import Posterior, load, tree_attr
+from ucsciml.posterior import Posterior, load, tree_attr, without_network_weights
 from ucsciml.program import compile as compile_program
 from ucsciml.provenance import config_hash, package_versions
 from ucsciml.report import report
@@ -185,7 +189,9 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         backend_name,
         seed,
     )
-    backend = _with_checkpoints(case_config.build_backend(cfg, backend_name), run_dir, resume)
+    backend = _with_checkpoints(
+        case_config.build_backend(cfg, backend_name), run_dir, resume, inputs_hash=ihash
+    )
     base_model = case_config.build(cfg["model"], "model", pde=pde)
     # A backend may adapt the model it needs (MC dropout switches on the dropout layer), so
     # one case file serves every backend.
@@ -194,6 +200,17 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     posterior_path = run_dir / "posterior.nc"
     key = jax.random.key(seed)
     previous = _reusable_tree(posterior_path, ihash, inputs) if resume else None
+    stored = None
+    if previous is not None and _lacks_weights(previous, program):
+        stored = _stored_prediction(previous)
+        if settings is not None or stored is None:
+            log.info(
+                "resume: %s holds no network weights ([output] save_network_weights = "
+                "false) and %s needs them; refitting",
+                posterior_path,
+                "calibration" if settings is not None else "predicting the field",
+            )
+            previous = stored = None
     reused = previous is not None
     if previous is not None:
         tree = previous
@@ -217,12 +234,16 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
             }
         )
         write_datatree(tree, posterior_path)  # the raw posterior is safe before scoring
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # posterior.nc holds it all
     handler.flush()
     diag = diagnostics.check(tree)
     grid, field_key = cfg["evaluation"]["grid"], jax.random.fold_in(key, 2)
     # File data come from an unknown field: the PDE's reference solution is not its truth.
     known = cfg["data"]["source"] != "file"
-    prediction = field_prediction(posterior, pde, grid, field_key, truth=known)
+    if stored is not None:
+        prediction = stored
+    else:
+        prediction = field_prediction(posterior, pde, grid, field_key, truth=known)
     scored = prediction if prediction is not None and "u_true" in prediction else None
     metrics = {
         "case": cfg["case"]["name"],
@@ -264,6 +285,9 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         for name, group in result.groups.items():
             tree[name] = xr.DataTree(group)
         _log_calibration(result.metrics)
+    if not cfg.get("output", {}).get("save_network_weights", True) and not stored:
+        tree = without_network_weights(tree)
+        changed = True
     if changed:
         write_datatree(tree, posterior_path)
     failure = _write_report(tree, run_dir / "report.html")
@@ -451,15 +475,44 @@ def _reusable_tree(path: Path, ihash: str, inputs: Mapping[str, Any]) -> xr.Data
     return None
 
 
-def _with_checkpoints(backend, run_dir: Path, resume: bool):
+def _lacks_weights(tree: xr.DataTree, program) -> bool:
+    """Whether a saved tree misses latent sites of ``program`` (weights left out)."""
+    saved = set(tree["posterior"].data_vars) if "posterior" in tree.children else set()
+    return not set(program.latent_sites()) <= saved
+
+
+def _stored_prediction(tree: xr.DataTree) -> xr.Dataset | None:
+    """The field on the evaluation grid as a saved tree holds it (``predictions`` and, when
+    known, ``predictions_constant_data``), as :func:`field_prediction` returns it."""
+    if "predictions" not in tree.children or "u" not in tree["predictions"].data_vars:
+        return None
+    prediction = tree["predictions"].to_dataset()[["u"]]
+    if "predictions_constant_data" in tree.children:
+        truth = tree["predictions_constant_data"].to_dataset()
+        if "u_true" in truth:
+            prediction = prediction.assign(u_true=truth["u_true"])
+    return prediction
+
+
+def _with_checkpoints(backend, run_dir: Path, resume: bool, *, inputs_hash: str | None = None):
     """Point a backend that checkpoints (has a ``checkpoint_dir`` setting) at
     ``run_dir/checkpoints``; without ``resume`` stale checkpoints are removed first, with it
-    the backend continues from them."""
+    the backend continues from them, unless they were made from other inputs (the
+    ``inputs_hash`` of the config, data file and package versions recorded in
+    ``checkpoints/inputs_hash``): those are removed too. A backend's own fingerprint covers
+    its settings, key and data only, not the model's priors."""
     if "checkpoint_dir" not in {f.name for f in dataclasses.fields(backend)}:
         return backend
     folder = run_dir / "checkpoints"
+    marker = folder / "inputs_hash"
+    if resume and inputs_hash is not None and marker.exists():
+        if marker.read_text(encoding="utf-8").strip() != inputs_hash:
+            log.info("resume: checkpoints in %s were made from other inputs; removed", folder)
+            shutil.rmtree(folder, ignore_errors=True)
     if not resume:
         shutil.rmtree(folder, ignore_errors=True)
+    if inputs_hash is not None:
+        write_text(marker, inputs_hash + "\n")
     if backend.checkpoint_dir is not None:
         return backend
     return dataclasses.replace(backend, checkpoint_dir=str(folder))
