@@ -138,3 +138,19 @@ progress_bar = false
 [evaluation]
 grid = [8, 4]
 """
+
+
+@pytest.fixture(autouse=True)
+def _restore_package_logger():
+    """``cli.main`` attaches a console handler to the ``ucsciml`` logger writing to the
+    test's captured stderr; remove it after the test so later tests do not log to a
+    closed stream."""
+    import logging
+
+    logger = logging.getLogger("ucsciml")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    for handler in list(logger.handlers):
+        if handler not in handlers:
+            logger.removeHandler(handler)
+    logger.propagate, logger.level = propagate, level

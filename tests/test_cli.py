@@ -48,18 +48,18 @@ def test_list(capsys):
     assert "burgers_inverse" in out and "bpinn" in out and "nuts" in out
     lines = out.splitlines()
     for name, family in registry.FAMILIES.items():
-        reach = "[case files]" if name in registry.MODELS else "[Python]"
         (line,) = [x for x in lines if x.split()[:1] == [name] and family.description in x]
-        assert reach in line and family.target in line
-    assert {"rgnp", "fbm_sde", "probconserv"} <= set(registry.FAMILIES) - set(registry.MODELS)
+        assert "[case files]" in line and family.target in line
+    # every family is reachable from a case file: sensors on a PDE, or a family case
+    assert set(registry.FAMILIES) == set(registry.MODELS) | set(registry.CASES)
 
 
-def test_case_file_naming_a_python_only_family_says_so(tmp_path, capsys):
+def test_sensor_tables_in_a_family_case_file_say_so(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text(TINY_CASE.replace('name = "bpinn"', 'name = "rgnp"', 1))
     assert main(["run", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert "not reachable from case files" in err and "ucsciml.models.rgnp:RGNP" in err
+    assert "do not apply to model 'rgnp'" in err and "'pde'" in err
 
 
 def test_errors_exit_2_without_traceback(tmp_path, capsys):

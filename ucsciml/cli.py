@@ -352,8 +352,27 @@ def _cmd_summary(args) -> int:
     print(check(tree).to_text())
     if metrics is not None:
         _print_parameters(metrics)
+        _print_family(metrics.get("family"))
         _print_warnings(metrics)
     return 0
+
+
+def _print_family(numbers) -> None:
+    """A family case's headline numbers (``metrics.json`` ``family``), one per line."""
+    if not isinstance(numbers, dict) or not numbers:
+        return
+    print("\nresults:")
+    for name, value in _flat(numbers):
+        print(f"  {name:<32} {value:.6g}" if isinstance(value, float) else f"  {name:<32} {value}")
+
+
+def _flat(numbers: dict, prefix: str = ""):
+    for key, value in numbers.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flat(value, f"{name}.")
+        else:
+            yield name, value
 
 
 def _cmd_report(args) -> int:
@@ -383,7 +402,7 @@ def _cmd_list(args) -> int:
         print(f"  {path.stem}")
     print("model families ([case files]: `[model] name = ...` in a case file; [Python]: API only):")
     for name, family in registry.FAMILIES.items():
-        reach = "[case files]" if name in registry.MODELS else "[Python]"
+        reach = "[case files]" if name in registry.MODELS or name in registry.CASES else "[Python]"
         print(f"  {name:<12} {reach:<12} {family.description}  ({family.target})")
     for title, table in (
         ("backends", registry.BACKENDS),

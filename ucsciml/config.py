@@ -16,6 +16,11 @@ an old key, still accepted: it is moved to its new place with a logged deprecati
 ``noise`` and ``placement``, which shape synthetic data only, are ignored with a logged
 warning; the noise comes from the file's ``noise_std`` column or ``[model] noise_std``.
 
+A model family that brings its own problem (the neural process, the fractional SDE,
+ProbConserv; :mod:`ucsciml.family_case`) has a case file of ``[case]``, ``[model]`` (its
+settings, checked against its case class), ``[backend.<name>]`` for the backends it hands
+to the inference layer, and ``[output]``.
+
 Example case::
 
     [case]
@@ -105,6 +110,8 @@ PLACEMENTS = ("interior", "initial_boundary")
 #: ``[data]`` keys that only synthetic data use; a sensor file fixes sensors and noise.
 SYNTHETIC_ONLY = ("num_sensors", "noise", "placement")
 TOP_KEYS = ("case", "pde", "data", "model", "backend", "evaluation", "calibration", "output")
+#: The tables of a family case file (:mod:`ucsciml.family_case`).
+FAMILY_TOP_KEYS = ("case", "model", "backend", "output")
 EVAL_KEYS = {"grid": list}
 #: ``[output]``: what the run directory keeps. ``save_network_weights = false`` leaves the
 #: network sites (``Program.network_sites``) out of ``posterior.nc``; the physical
@@ -145,7 +152,7 @@ def load_case(path: str | os.PathLike) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: invalid TOML: {err}") from None
     cfg = resolve_config(raw, source=str(path))
-    if cfg["data"]["source"] == "file":
+    if "data" in cfg and cfg["data"]["source"] == "file":
         cfg["data"]["path"] = str(data_path(cfg["data"]["path"], path.parent))
     return cfg
 
@@ -165,6 +172,9 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
     ``>= 0`` and ``[evaluation] grid`` needs one positive size per PDE coordinate.
     """
     cfg = copy.deepcopy(raw)
+    model = cfg.get("model")
+    if isinstance(model, dict) and model.get("name") in registry.CASES:
+        return _resolve_family(cfg, source)
     _only(cfg, TOP_KEYS, "the top level", source)
     for table in ("case", "pde", "model"):
         if table not in cfg:
@@ -176,19 +186,7 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
                 f"key = value lines), got {table} = {cfg[table]!r}"
             )
     _check_finite(cfg, (), source)
-    case = cfg["case"]
-    _check_types(case, CASE_KEYS, "[case]", source)
-    if "name" not in case:
-        raise ConfigError(f"{source}: [case] needs a name")
-    name = case["name"]
-    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
-        raise ConfigError(
-            f"{source}: [case] name must be a plain folder name (it names the run directory "
-            f"runs/<name>/): no '/', '\\' or NUL, not empty, '.' or '..'; got {name!r}"
-        )
-    case.setdefault("seed", 0)
-    case.setdefault("backend", "nuts")
-    case.setdefault("description", "")
+    case = _resolve_case_table(cfg["case"], source)
     data = {**DATA_DEFAULTS, **cfg.get("data", {})}
     _check_types(data, DATA_KEYS, "[data]", source)
     if data["source"] not in ("synthetic", "file"):
@@ -213,11 +211,8 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
                 ", ".join(ignored),
                 "it" if len(ignored) == 1 else "them",
             )
-    for table, values in (("case", case), ("data", data)):
-        if values["seed"] < 0:
-            raise ConfigError(
-                f"{source}: [{table}] seed must be an integer >= 0, got {values['seed']}"
-            )
+    if data["seed"] < 0:
+        raise ConfigError(f"{source}: [data] seed must be an integer >= 0, got {data['seed']}")
     if "\0" in data.get("path", ""):
         raise ConfigError(f"{source}: [data] path contains a NUL character: {data['path']!r}")
     if data["num_sensors"] < 1:
@@ -269,6 +264,85 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
     return cfg
 
 
+def _resolve_case_table(case: dict[str, Any], source: str) -> dict[str, Any]:
+    """``[case]`` checked, with its defaults."""
+    _check_types(case, CASE_KEYS, "[case]", source)
+    if "name" not in case:
+        raise ConfigError(f"{source}: [case] needs a name")
+    name = case["name"]
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise ConfigError(
+            f"{source}: [case] name must be a plain folder name (it names the run directory "
+            f"runs/<name>/): no '/', '\\' or NUL, not empty, '.' or '..'; got {name!r}"
+        )
+    case.setdefault("seed", 0)
+    case.setdefault("backend", "nuts")
+    case.setdefault("description", "")
+    if case["seed"] < 0:
+        raise ConfigError(f"{source}: [case] seed must be an integer >= 0, got {case['seed']}")
+    return case
+
+
+def _resolve_family(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    """A family case file (:mod:`ucsciml.family_case`): ``[case]``, ``[model]`` checked
+    against the family's case class, ``[backend.<name>]`` for the backends it hands to the
+    inference layer, ``[output]``."""
+    name = cfg["model"]["name"]
+    extra = sorted(set(cfg) - set(FAMILY_TOP_KEYS))
+    if extra:
+        raise ConfigError(
+            f"{source}: table(s) {extra} do not apply to model '{name}', a family that "
+            f"generates its own problem (its settings go in [model]); allowed tables: "
+            f"{list(FAMILY_TOP_KEYS)}"
+        )
+    for table in ("case", "model"):
+        if not isinstance(cfg.get(table), dict):
+            raise ConfigError(f"{source}: missing table [{table}]")
+    _check_finite(cfg, (), source)
+    cls = registry.resolve(registry.CASES, name, "model")
+    cfg["case"].setdefault("backend", cls.backends[0])
+    cfg["case"] = _resolve_case_table(cfg["case"], source)
+    cfg["model"] = _resolve_object(cfg["model"], registry.CASES, "model", source, skip=())
+    backend = cfg["case"]["backend"]
+    if backend not in cls.backends:
+        raise ConfigError(
+            f"{source}: [case] backend '{backend}' does not apply to model '{name}'; choose "
+            f"one of {list(cls.backends)}"
+        )
+    backends = cfg.get("backend", {})
+    if not isinstance(backends, dict):
+        raise ConfigError(f"{source}: [backend] must be a table of [backend.<name>] tables")
+    resolved = {}
+    for bname, settings in backends.items():
+        if bname not in cls.backends or bname in cls.own_backends:
+            delegated = [b for b in cls.backends if b not in cls.own_backends]
+            raise ConfigError(
+                f"{source}: [backend.{bname}] does not apply to model '{name}': it takes "
+                f"settings for {delegated or 'no inference backend'}"
+                + (f"; '{bname}' is its own fit, set in [model]" if bname in cls.backends else "")
+            )
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{source}: [backend.{bname}] must be a table of settings")
+        resolved[bname] = _resolve_object(
+            {"name": bname, **settings}, registry.BACKENDS, f"backend.{bname}", source, skip=()
+        )
+        resolved[bname].pop("name")
+    cfg["backend"] = resolved
+    cfg["output"] = {**OUTPUT_DEFAULTS, **cfg.get("output", {})}
+    _check_types(cfg["output"], OUTPUT_KEYS, "[output]", source)
+    return cfg
+
+
+def is_family(cfg: dict[str, Any]) -> bool:
+    """True for a resolved family case config (:mod:`ucsciml.family_case`)."""
+    return cfg["model"]["name"] in registry.CASES
+
+
+def build_family(cfg: dict[str, Any]) -> Any:
+    """The family case object of a resolved family case config."""
+    return build(cfg["model"], "family")
+
+
 def _check_finite(value: Any, where: tuple[str, ...], source: str) -> None:
     """Refuse NaN and infinity anywhere in a case file (TOML allows ``nan`` and ``inf``)."""
     if isinstance(value, dict):
@@ -314,7 +388,12 @@ def calibration_settings(cfg: dict[str, Any]) -> CalibrationSettings | None:
 
 def build(table: dict[str, Any], kind: str, **extra: Any) -> Any:
     """Instantiate a resolved ``[pde]``/``[model]``/``[backend.x]`` table."""
-    tables = {"pde": registry.PDES, "model": registry.MODELS, "backend": registry.BACKENDS}
+    tables = {
+        "pde": registry.PDES,
+        "model": registry.MODELS,
+        "backend": registry.BACKENDS,
+        "family": registry.CASES,
+    }
     settings = dict(table)
     cls = registry.resolve(tables[kind], settings.pop("name"), kind)
     sub_tables = {f.name: f.metadata["table"] for f in _table_fields(cls)}

@@ -4,14 +4,19 @@ The optimiser cores are ``init(z) -> state`` / ``step(state) -> (state, loss)`` 
 pytrees (Optax inside), so a caller can scan, vmap or chunk them. :func:`minimize` drives one
 fit in chunks of a jitted ``lax.scan`` (each chunk compiles once) with a progress bar per
 phase, and ends with the convergence verdict of :func:`ucsciml.convergence.judge` measured at
-the end point: nothing is assumed converged.
+the end point: nothing is assumed converged. :func:`train` is the same loop for stochastic
+objectives (a model family's ELBO or minibatch loss with a fresh key per step), judged from
+its loss trace; every model family trains on it.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +25,8 @@ from tqdm.auto import tqdm
 
 from ucsciml import convergence
 from ucsciml._types import PyTree
+
+log = logging.getLogger(__name__)
 
 #: Chunks per phase: the progress bar's resolution.
 CHUNKS = 10
@@ -35,6 +42,25 @@ class Minimum(NamedTuple):
     z: PyTree
     losses: np.ndarray
     verdict: dict[str, Any]
+
+
+class Trained(NamedTuple):
+    """Result of :func:`train`: the trained pytree, the loss per step and the verdict."""
+
+    params: PyTree
+    losses: np.ndarray
+    verdict: dict[str, Any]
+
+    def record(self, objective: str, **facts: Any) -> dict[str, Any]:
+        """The ``optimization`` record a Posterior or family tree stores: the loss trace,
+        the verdict and scalar ``facts`` (``Posterior.attrs["optimization"]``)."""
+        return {
+            "objective": objective,
+            "trace": [float(v) for v in self.losses],
+            "final_loss": float(np.mean(self.losses[-max(1, len(self.losses) // 10) :])),
+            "convergence": dict(self.verdict),
+            **facts,
+        }
 
 
 def is_finite_tree(tree: PyTree) -> jax.Array:
@@ -218,3 +244,81 @@ def _chunk_length(steps: int) -> int:
         if steps % n == 0:
             return n
     return target
+
+
+#: How :func:`train` derives step ``k``'s key from its key: ``fold_in(key, k)`` or the
+#: ``k``-th of ``split(key, num_steps)``.
+STEP_KEYS = ("fold_in", "split")
+
+
+def train(
+    loss_fn: Callable[[PyTree, jax.Array], jax.Array],
+    params: PyTree,
+    optimizer: optax.GradientTransformation,
+    *,
+    num_steps: int,
+    key: jax.Array,
+    phase: str,
+    chunk_size: int | None = None,
+    step_keys: str = "fold_in",
+    progress: bool = True,
+    hint: str = "raise the number of steps or lower the learning rate",
+    rtol: float = 1e-3,
+) -> Trained:
+    """Minimise a stochastic objective ``loss_fn(params, step_key)`` with ``optimizer``.
+
+    The one training loop of the model families: the inexact arrays of ``params`` (an
+    Equinox module or any pytree) are trained, everything else is held static; steps run in
+    chunks of one jitted ``lax.scan`` (equal chunks, so one compile) with a progress bar;
+    step ``k`` gets its own key (``step_keys``, see :data:`STEP_KEYS`). The loss trace is
+    judged by :func:`ucsciml.convergence.judge` as a stochastic objective (its noise allowed,
+    relative tolerance ``rtol`` on the trend over the last window), and a failed verdict is
+    logged as a warning: nothing is assumed converged.
+
+    Returns:
+        :class:`Trained` with ``losses`` of shape ``(num_steps,)`` (non-finite values kept).
+
+    Raises:
+        ValueError: for a non-positive step count or chunk size, or unknown ``step_keys``.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"train: num_steps must be a positive integer, got {num_steps!r}")
+    if step_keys not in STEP_KEYS:
+        raise ValueError(f"train: step_keys must be one of {STEP_KEYS}, got {step_keys!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"train: chunk_size must be >= 1, got {chunk_size}")
+    trainable, static = eqx.partition(params, eqx.is_inexact_array)
+    keys = jax.random.split(key, num_steps) if step_keys == "split" else None
+
+    def objective(p, k):
+        return loss_fn(eqx.combine(p, static), k)
+
+    def step(carry, index):
+        p, opt_state = carry
+        k = jax.random.fold_in(key, index) if keys is None else keys[index]
+        loss, grads = jax.value_and_grad(objective)(p, k)
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        return (optax.apply_updates(p, updates), opt_state), loss
+
+    chunk = min(chunk_size, num_steps) if chunk_size else _chunk_length(num_steps)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def run_chunk(carry, start, n):
+        return jax.lax.scan(step, carry, start + jnp.arange(n))
+
+    carry, out, done = (trainable, optimizer.init(trainable)), [], 0
+    with tqdm(total=num_steps, desc=phase, unit="step", disable=not progress, leave=False) as bar:
+        while done < num_steps:
+            n = min(chunk, num_steps - done)
+            carry, losses = run_chunk(carry, jnp.asarray(done), n)
+            losses = np.asarray(losses)
+            out.append(losses)
+            done += n
+            bar.update(n)
+            bar.set_postfix(loss=f"{float(np.mean(losses)):.4g}")
+    losses = np.concatenate(out)
+    bad = int((~np.isfinite(losses)).sum())
+    if bad:
+        log.warning("%s: %d of %d training losses are not finite", phase, bad, num_steps)
+    verdict = convergence.judge(losses, None, phase=phase, rtol=rtol, stochastic=True, hint=hint)
+    return Trained(eqx.combine(carry[0], static), losses, verdict)

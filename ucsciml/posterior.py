@@ -213,6 +213,73 @@ class Posterior:
         }
 
 
+def draws_tree(
+    posterior: Mapping[str, np.ndarray],
+    *,
+    kind: str,
+    program: str,
+    physical_sites: tuple[str, ...] | list[str] = (),
+    optimization: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
+    groups: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    dims: Mapping[str, list[str]] | None = None,
+    coords: Mapping[str, Any] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.DataTree:
+    """A DataTree in the layout of :meth:`Posterior.to_datatree`, for a model family whose
+    posterior is not the draws of a NumPyro program (an amortised encoder, a variational SDE,
+    a closed-form Gaussian update): ``summary``, ``report``, ``compare`` and
+    ``diagnostics.check`` read it as they read any run.
+
+    Args:
+        posterior: ``{site: (chain, draw, ...)}`` draws.
+        kind: how the draws were made (``"mcmc"`` for chains R-hat applies to, ``"vi"``,
+            ``"closed_form"``, ...).
+        program: the model's name.
+        physical_sites: the sites the report tabulates against their truths.
+        optimization: the training record(s) (:meth:`ucsciml.optimize.Trained.record`); the
+            first trace becomes the ``optimization`` group, every verdict is judged by
+            ``diagnostics.check``.
+        groups: further groups (``observed_data``, ``sample_stats``, ``posterior_predictive``).
+        dims, coords: named dimensions of the sites, as ``arviz_base.from_dict`` takes them.
+        attrs: the model's facts (e.g. ``{"truth": {...}}``), kept as program attributes.
+    """
+    records = (
+        []
+        if optimization is None
+        else (
+            [dict(optimization)]
+            if isinstance(optimization, Mapping)
+            else [dict(r) for r in optimization]
+        )
+    )
+    data = {"posterior": dict(posterior), **{k: dict(v) for k, v in (groups or {}).items()}}
+    tree = azb.from_dict(data, dims={k: list(v) for k, v in (dims or {}).items()}, coords=coords)
+    for node in tree.children.values():
+        if len(node.attrs.get("sample_dims", [None])) == 0:
+            del node.attrs["sample_dims"]
+    if records:
+        group = _optimization_group(records[0])
+        if group is not None:
+            tree["optimization"] = xr.DataTree(group)
+    verdicts = [r["convergence"] for r in records if isinstance(r.get("convergence"), dict)]
+    record = {k: v for k, v in (records[0] if records else {}).items() if k != "trace"}
+    if verdicts:
+        record["convergence"] = verdicts if len(verdicts) > 1 else verdicts[0]
+    tree.attrs.update(
+        _netcdf_attrs(
+            {
+                "ucsciml_kind": kind,
+                "ucsciml_program": program,
+                "ucsciml_network_sites": [],
+                "ucsciml_physical_sites": list(physical_sites),
+                "ucsciml_attrs": {"optimization": record} if record else {},
+                "ucsciml_program_attrs": dict(attrs or {}),
+            }
+        )
+    )
+    return tree
+
+
 def _optimization_group(record: Any) -> xr.Dataset | None:
     """The optimiser's loss trace (VI's negative ELBO, a MAP or dropout fit's loss) as an
     ``optimization`` group: ``loss`` over ``step``, scalar facts (objective, convergence

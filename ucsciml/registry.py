@@ -6,7 +6,8 @@ from case files and ``--backend``.
 
 :data:`FAMILIES` lists every model family (one sub-package or module of ``ucsciml.models``)
 with its entry point and a one-line description, for ``ucsciml list``; :data:`MODELS` is the
-subset a case file's ``[model] name`` reaches (the others are Python API only for now).
+subset fitted to sensors on a ``[pde]``, :data:`CASES` the families whose case files bring
+their own problem (:mod:`ucsciml.family_case`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ PDES: dict[str, str] = {
 MODELS: dict[str, str] = {
     "bpinn": "ucsciml.models.bpinn:BayesianPINN",
     "spectral_gp": "ucsciml.models.spectral_gp:SpectralGP",
+}
+
+#: Family cases (:mod:`ucsciml.family_case`): a case file's ``[model] name`` for a family that
+#: brings its own problem instead of sensors on a ``[pde]``.
+CASES: dict[str, str] = {
+    "rgnp": "ucsciml.models.rgnp.case:RGNPCase",
+    "fbm_sde": "ucsciml.models.fbm_sde.case:HurstCase",
+    "probconserv": "ucsciml.models.probconserv.case:ConservationCase",
 }
 
 FAMILIES: dict[str, Family] = {
@@ -83,11 +92,6 @@ def resolve(table: dict[str, str], name: str, kind: str) -> Any:
         ValueError: for an unknown name, listing the known ones.
     """
     if name not in table:
-        if table is MODELS and name in FAMILIES:
-            raise ValueError(
-                f"model family '{name}' is not reachable from case files yet; use its Python "
-                f"API ({FAMILIES[name].target}). Case files take one of {sorted(table)}"
-            )
         raise ValueError(f"unknown {kind} '{name}'; choose one of {sorted(table)}")
     module, _, attr = table[name].partition(":")
     return getattr(importlib.import_module(module), attr)

@@ -34,6 +34,7 @@ import xarray as xr
 from ucsciml import calibration as cal
 from ucsciml import diagnostics
 from ucsciml._io import write_text
+from ucsciml.family_case import family_metrics
 from ucsciml.posterior import tree_attr
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def report(tree: xr.DataTree, path: str | os.PathLike, *, title: str | None = No
     sections: list[tuple[str, Callable[[], str]]] = [
         ("Provenance", lambda: _provenance(tree)),
         ("Diagnostics", lambda: _diagnostics(tree, diag)),
+        ("Results", lambda: _results(tree)),
         ("Unknown parameters", lambda: _parameters(tree)),
         ("Posterior predictive checks", lambda: _ppc(tree)),
         ("Field", lambda: _field(tree)),
@@ -182,6 +184,25 @@ def _diagnostics(tree: xr.DataTree, diag: diagnostics.Diagnostics) -> str:
         if "sample_stats" in tree.children and "energy" in tree["sample_stats"].data_vars:
             out.append(_figure_or_note("Energy", lambda: _azp(azp.plot_energy, tree)))
     return "".join(out)
+
+
+def _results(tree: xr.DataTree) -> str:
+    """A family case's headline numbers (:func:`ucsciml.family_case.family_metrics`)."""
+    numbers = family_metrics(tree)
+    if not numbers:
+        return ""
+    rows = []
+
+    def walk(values, prefix=""):
+        for key, value in values.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                shown = _num(value) if isinstance(value, int | float) else str(value)
+                rows.append((f"{prefix}{key}", str(value) if isinstance(value, bool) else shown))
+
+    walk(numbers)
+    return _table(["quantity", "value"], rows)
 
 
 def _parameters(tree: xr.DataTree) -> str:

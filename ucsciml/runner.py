@@ -38,6 +38,7 @@ from ucsciml import config as case_config
 from ucsciml import data as sensor_data
 from ucsciml._io import file_digest, write_datatree, write_json, write_text
 from ucsciml.calibrated import calibrate_run
+from ucsciml.family_case import family_metrics
 from ucsciml.pde.base import AbstractPDE
 from ucsciml.posterior import Posterior, load, tree_attr, without_network_weights
 from ucsciml.program import compile as compile_program
@@ -155,13 +156,16 @@ def _run_locked(cfg, backend_name, seed, run_dir, resume) -> RunResult:
     log.addHandler(handler)
     # A model that needs float64 (a GP's near-singular grid covariances) says so with
     # needs_float64; the whole run, data included, then computes in float64.
-    model_cls = registry.resolve(registry.MODELS, cfg["model"]["name"], "model")
+    family = case_config.is_family(cfg)
+    names = registry.CASES if family else registry.MODELS
+    model_cls = registry.resolve(names, cfg["model"]["name"], "model")
     float64 = bool(getattr(model_cls, "needs_float64", False))
     try:
         with jax.enable_x64(float64 or bool(jax.config.jax_enable_x64)):
             if float64:
                 log.info("model %s computes in float64", cfg["model"]["name"])
-            return _run(cfg, backend_name, seed, run_dir, resume, handler)
+            run = _run_family if family else _run
+            return run(cfg, backend_name, seed, run_dir, resume, handler)
     finally:
         handler.flush()
         log.removeHandler(handler)
@@ -293,6 +297,71 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     failure = _write_report(tree, run_dir / "report.html")
     metrics["warnings"] = [failure] if failure else []
     write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    log.info("diagnostics: %s", diag.verdict)
+    for message in diag.messages:
+        log.warning("%s", message)
+    return RunResult(run_dir, metrics, diag)
+
+
+def _run_family(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
+    """A family case (:mod:`ucsciml.family_case`): the family generates its problem and
+    fits it; the run directory is the same as any run's."""
+    chash = config_hash(cfg)
+    inputs = run_inputs(cfg)
+    ihash = config_hash({"config_hash": chash, **inputs})
+    write_text(run_dir / "config.toml", tomli_w.dumps(_toml_safe(cfg)))
+    posterior_path = run_dir / "posterior.nc"
+    previous = _reusable_tree(posterior_path, ihash, inputs) if resume else None
+    log.info(
+        "case %s: model %s, backend %s, seed %d",
+        cfg["case"]["name"],
+        cfg["model"]["name"],
+        backend_name,
+        seed,
+    )
+    if previous is not None:
+        tree = previous
+        wall = float(tree_attr(tree, "ucsciml_wall_time_s", float("nan")))
+        numbers = family_metrics(tree)
+    else:
+        family = case_config.build_family(cfg)
+        delegated = backend_name not in family.own_backends
+        settings = case_config.build_backend(cfg, backend_name) if delegated else None
+        start = time.perf_counter()
+        tree, numbers = family.run(backend_name, settings, key=jax.random.key(seed), progress=True)
+        wall = time.perf_counter() - start
+        log.info("%s finished in %.1f s", backend_name, wall)
+        tree = tree.copy()
+        tree.attrs.update(
+            {
+                "ucsciml_config_hash": chash,
+                "ucsciml_inputs_hash": ihash,
+                "ucsciml_inputs": json.dumps(inputs, sort_keys=True),
+                "ucsciml_seed": seed,
+                "ucsciml_backend": backend_name,
+                "ucsciml_wall_time_s": wall,
+                "ucsciml_case": cfg["case"]["name"],
+                "ucsciml_metrics": json.dumps(_toml_safe(numbers), sort_keys=True),
+            }
+        )
+        write_datatree(tree, posterior_path)
+    handler.flush()
+    diag = diagnostics.check(tree)
+    metrics = {
+        "case": cfg["case"]["name"],
+        "model": cfg["model"]["name"],
+        "backend": backend_name,
+        "seed": seed,
+        "config_hash": chash,
+        "inputs_hash": ihash,
+        "wall_time_s": wall,
+        "resumed": previous is not None,
+        "diagnostics": diag.to_dict(),
+        "family": numbers,
+    }
+    failure = _write_report(tree, run_dir / "report.html")
+    metrics["warnings"] = [failure] if failure else []
+    write_json(run_dir / "metrics.json", metrics)
     log.info("diagnostics: %s", diag.verdict)
     for message in diag.messages:
         log.warning("%s", message)
@@ -439,7 +508,7 @@ def run_inputs(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """What a run's result depends on beyond its config: the SHA-256 of a ``[data] source =
     "file"`` sensor file's bytes (``None`` for synthetic data) and the versions of
     :data:`NUMERIC_PACKAGES`. ``--resume`` reuses a posterior only when these match too."""
-    spec = cfg["data"]
+    spec = cfg.get("data") or {"source": "generated"}
     versions = package_versions()
     return {
         "data_sha256": file_digest(spec["path"]) if spec["source"] == "file" else None,
