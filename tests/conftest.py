@@ -154,3 +154,46 @@ def _restore_package_logger():
         if handler not in handlers:
             logger.removeHandler(handler)
     logger.propagate, logger.level = propagate, level
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def render_in_chromium(page, tmp_path):
+    """Open the HTML file ``page`` in headless Chromium and return the screenshot's path;
+    fails on any console message or failed resource (skips outside CI when Chromium is
+    missing)."""
+    import os
+    import subprocess
+
+    require_or_skip(
+        os.path.exists(CHROMIUM), "headless Chromium (Debian package `chromium`) is not installed"
+    )
+    shot = tmp_path / "shot.png"
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1280,2400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # page console messages are logged as CONSOLE(...) lines; failed resources as net errors
+    console = [ln for ln in result.stderr.splitlines() if "CONSOLE" in ln or "ERR_FILE" in ln]
+    assert not console, console
+    return shot

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import render_in_chromium
 
 from ucsciml import cli, config, optimize, registry, runner
 from ucsciml.family_case import FamilyRun
@@ -195,6 +196,7 @@ def test_family_run_writes_the_standard_run_directory(toy_family, tmp_path, caps
     assert tree["posterior"]["mu"].shape == (2, 500)
     assert "optimization" in tree.children
     assert result.diagnostics.optimization and result.diagnostics.optimization[0]["converged"]
+    render_in_chromium(run / "report.html", tmp_path)  # no console errors
     html = (run / "report.html").read_text()
     assert "Results" in html and "fitted_mean" in html and "truth" in html
     assert cli.main(["summary", str(run)]) == 0

@@ -211,7 +211,7 @@ def test_require_or_skip_fails_under_ci_and_skips_otherwise(monkeypatch):
 
 
 def test_chromium_and_device_tests_use_require_or_skip():
-    for name in ("test_report.py", "test_multidevice.py"):
+    for name in ("conftest.py", "test_multidevice.py"):
         text = (ROOT / "tests" / name).read_text()
         assert "require_or_skip(" in text and "skipif" not in text, name
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import jax
@@ -14,13 +13,12 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 import xarray as xr
-from conftest import TINY_CASE, require_or_skip
+from conftest import TINY_CASE, render_in_chromium
 
 import ucsciml as uq
 from ucsciml.cli import main
 from ucsciml.posterior import save_tree
 
-CHROMIUM = Path("/usr/bin/chromium")
 BETA = np.array([0.7, -0.3])
 
 
@@ -110,37 +108,7 @@ def test_report_rejects_a_tree_without_posterior(tmp_path):
 def test_report_renders_in_headless_chromium(report_path, tmp_path):
     import matplotlib.image
 
-    require_or_skip(
-        CHROMIUM.exists(), "headless Chromium (Debian package `chromium`) is not installed"
-    )
-
-    shot = tmp_path / "shot.png"
-    result = subprocess.run(
-        [
-            str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--window-size=1280,2400",
-            f"--screenshot={shot}",
-            report_path.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    # page console messages are logged as CONSOLE(...) lines; failed resources as net errors
-    console = [ln for ln in result.stderr.splitlines() if "CONSOLE" in ln or "ERR_FILE" in ln]
-    assert not console, console
+    shot = render_in_chromium(report_path, tmp_path)
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.std() > 0.05  # not a blank page
     # the embedded plots rendered: saturated (coloured) pixels, which text and tables lack
