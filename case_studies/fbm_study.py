@@ -86,20 +86,8 @@ def bridge_study(hurst: float, seed: int = 0, num_steps: int = 1500) -> dict:
 
 
 def hurst_data(hurst: float, seed: int = 0):
-    """Simulated fOU observations: ``(times, latent, observed)``."""
-    times = np.round(np.arange(1, 51) * 0.1, 10)
-    x, y = fbm_sde.simulate_fou(
-        jax.random.key(seed),
-        times,
-        theta=1.0,
-        sigma=1.0,
-        hurst=hurst,
-        noise_std=0.1,
-        gammas=tuple(fbm_sde.speeds()),
-        horizon=5.0,
-        kind="II",
-    )
-    return times, x, y
+    """Simulated fOU observations: ``(times, latent, observed)`` (:func:`fbm_sde.hurst_data`)."""
+    return fbm_sde.hurst_data(hurst, seed)
 
 
 def hurst_study(hurst: float, seed: int = 0, num_steps: int = 1500) -> dict:

@@ -32,7 +32,9 @@ the drift parameters leave as a :class:`ucsciml.Posterior` and an ArviZ DataTree
 linear-Gaussian: :func:`kalman_log_likelihood` is its exact likelihood and
 :func:`fou_program` a NumPyro program (``numpyro.factor``) for ``ucsciml.inference.NUTS`` —
 the gold standard the variational posterior of ``H`` is compared with
-(``case_studies/fbm_study.py``).
+(``case_studies/fbm_study.py``). :class:`HurstCase` (``case``, a family case of
+:mod:`ucsciml.family_case`) runs that comparison from a case file,
+``case_studies/fbm_hurst.toml``: backend ``nuts`` or the family's own ``vi``.
 
 Modules, all private and imported only by this family: ``_mafbm`` (the MA-fBM weights and
 covariances), ``_latent_sde`` (drift, diffusion, control and the solvers), ``_fbm_vi`` (the
@@ -92,11 +94,13 @@ from ucsciml.models.fbm_sde._mafbm import (
     speeds,
     standard_fbm_scale,
 )
+from ucsciml.models.fbm_sde.case import HurstCase, hurst_data
 
 __all__ = [
     "ConstantDiffusion",
     "Control",
     "GaussianGlobals",
+    "HurstCase",
     "LatentSDE",
     "LinearDrift",
     "MAfBM",
@@ -113,6 +117,7 @@ __all__ = [
     "fbm_variance",
     "fit",
     "fou_program",
+    "hurst_data",
     "kalman_log_likelihood",
     "negative_elbo",
     "omega",

@@ -10,7 +10,8 @@ in ``fixed`` are held at a value instead. :func:`negative_elbo` is the loss
     - \mathrm{KL}^{(p)}_\text{path}\Big] + \mathrm{KL}(q(g) \,\|\, p(g)),
 
 one ``g`` draw (reparameterised) and one Euler path per Monte-Carlo sample ``p``; :func:`fit`
-minimises it with Adam inside one ``lax.scan``. This is an Optax objective rather than a
+minimises it with Adam on the shared training loop :func:`ucsciml.optimize.train` (jitted
+``lax.scan`` chunks, a progress bar, a convergence verdict). This is an Optax objective rather than a
 NumPyro guide run by a VI backend because the path posterior is a change of drift on the
 Brownian motion, not a distribution over named sites; the physical parameters' draws still
 leave as a :class:`ucsciml.Posterior` (``kind="variational"``, one chain) and an ArviZ
@@ -32,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-import optax
 import xarray as xr
 
+from ucsciml import optimize
 from ucsciml._types import Array, PRNGKey
 from ucsciml.models.fbm_sde._latent_sde import LatentSDE, Observations, euler
 from ucsciml.posterior import Posterior
@@ -159,7 +160,9 @@ def negative_elbo(
 
 
 class VIResult(NamedTuple):
-    """A fitted variational posterior: the SDE with its control, ``q(g)``, and the loss trace."""
+    """A fitted variational posterior: the SDE with its control, ``q(g)``, the loss trace and
+    the convergence verdict of :func:`ucsciml.optimize.train` (``ucsciml.convergence.judge``
+    on the trace)."""
 
     sde: LatentSDE
     globals: GaussianGlobals
@@ -168,6 +171,17 @@ class VIResult(NamedTuple):
     grid: Grid
     observations: Observations
     x0: Array
+    verdict: dict | None = None
+
+    def trained(self) -> optimize.Trained:
+        """The fit as a :class:`ucsciml.optimize.Trained`, for its ``record``."""
+        return optimize.Trained((self.sde, self.globals), np.asarray(self.losses), self.verdict)
+
+
+#: Phase name of the fit in progress bars and verdicts.
+PHASE = "fbm_sde VI (negative ELBO)"
+#: The cosine schedule's last learning rate over the first.
+FINAL_LR_FRACTION = 0.05
 
 
 def fit(
@@ -183,8 +197,12 @@ def fit(
     num_grid_steps: int = 200,
     learning_rate: float = 3e-3,
     x0=None,
+    progress: bool = True,
 ) -> VIResult:
-    """Maximise the ELBO with Adam (cosine-decayed rate) in one ``lax.scan``.
+    """Maximise the ELBO with Adam (cosine-decayed rate) on :func:`ucsciml.optimize.train`.
+
+    Step ``k`` uses the ``k``-th key of ``jax.random.split(key, num_steps)``; the fit ends
+    with the convergence verdict of the loss trace (a failed one is logged as a warning).
 
     Args:
         sde: the latent SDE with a :class:`~ucsciml.models.fbm_sde.Control`.
@@ -199,9 +217,10 @@ def fit(
         num_grid_steps: Euler steps on ``[0, T]`` (observation times must lie on the grid).
         learning_rate: Adam's initial rate.
         x0: ``X(0)``, default zeros.
+        progress: show a progress bar.
 
     Returns:
-        :class:`VIResult`.
+        :class:`VIResult` with ``verdict`` set.
     """
     if sde.control is None:
         raise ValueError(
@@ -228,26 +247,24 @@ def fit(
         else jnp.asarray(x0, jnp.float32).reshape(-1)
     )
     grid = make_grid(observations, num_grid_steps)
-    trainable = (sde, init_globals(learn))
-    params, static = eqx.partition(trainable, eqx.is_inexact_array)
-    optimiser = optax.adam(optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.05))
+    optimiser = optimize.adam(learning_rate, num_steps, "cosine", final_fraction=FINAL_LR_FRACTION)
 
-    def loss_fn(p, k):
-        return negative_elbo(
-            eqx.combine(p, static), k, observations, grid, fixed, priors, num_paths, x0
-        )
+    def loss_fn(trainable, k):
+        return negative_elbo(trainable, k, observations, grid, fixed, priors, num_paths, x0)[0]
 
-    def step(carry, k):
-        p, state = carry
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, k)
-        updates, state = optimiser.update(grads, state, p)
-        return (optax.apply_updates(p, updates), state), loss
-
-    (params, _), losses = jax.lax.scan(
-        step, (params, optimiser.init(params)), jax.random.split(key, num_steps)
+    trained = optimize.train(
+        loss_fn,
+        (sde, init_globals(learn)),
+        optimiser,
+        num_steps=num_steps,
+        key=key,
+        phase=PHASE,
+        step_keys="split",
+        progress=progress,
+        hint="raise num_steps or num_paths, or lower the learning rate",
     )
-    sde, q = eqx.combine(params, static)
-    return VIResult(sde, q, fixed, losses, grid, observations, x0)
+    sde, q = trained.params
+    return VIResult(sde, q, fixed, trained.losses, grid, observations, x0, trained.verdict)
 
 
 def posterior_paths(result: VIResult, key: PRNGKey, num_paths: int = 500) -> tuple[Array, dict]:
