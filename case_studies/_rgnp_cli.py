@@ -16,17 +16,20 @@ from ucsciml.models import RGNP
 
 def run(problem, settings: dict, config: str, seed: int = 0, out: str | None = None) -> dict:
     """Train one configuration on ``problem`` and evaluate it on 20 test pairs; the metrics
-    are returned and, with ``out``, written atomically to ``out/metrics.json``."""
+    (with the training's convergence verdict, ``converged``) are returned and, with ``out``,
+    written atomically to ``out/metrics.json``."""
     model = RGNP(problem, **settings["model"])
     k_fit, k_eval = jax.random.split(jax.random.key(seed))
     start = time.perf_counter()
-    params, elbo = model.fit(k_fit, **settings["fit"])
+    fit = model.fit(k_fit, **settings["fit"])
+    params, elbo = fit
     metrics = model.evaluate(params, k_eval, num_tests=20)
     metrics.update(
         config=config,
         train_seconds=time.perf_counter() - start,
         elbo_first_100=float(np.mean(elbo[:100])),
         elbo_last_100=float(np.mean(elbo[-100:])),
+        converged=bool(fit.verdict.get("converged")),
     )
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -1,19 +1,57 @@
-"""Training loop for :class:`ucsciml.models.RGNP`: Optax Adam, jitted, ``lax.scan`` in chunks."""
+"""Training of :class:`ucsciml.models.RGNP` on the shared loop :func:`ucsciml.optimize.train`:
+Adam with a staircase exponential learning-rate decay, the negative ELBO minimised."""
 
 from __future__ import annotations
 
-import logging
-
-import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
+from ucsciml import optimize
 from ucsciml._types import PRNGKey
 
-log = logging.getLogger(__name__)
+#: The phase name of an RGNP training (its progress bar and convergence verdict).
+PHASE = "RGNP ELBO"
+#: The objective :func:`fit` minimises, as the ``optimization`` record names it.
+OBJECTIVE = "negative ELBO"
+
+
+class RGNPFit(tuple):
+    """``(params, elbo)``, as :meth:`RGNP.fit` has always returned, carrying the training's
+    :class:`ucsciml.optimize.Trained` (``trained``: loss trace ``-elbo`` and verdict)."""
+
+    def __new__(cls, trained: optimize.Trained):
+        out = super().__new__(cls, (trained.params, -np.asarray(trained.losses)))
+        out.trained = trained
+        return out
+
+    @property
+    def params(self):
+        """The trained :class:`RGNPParams`."""
+        return self[0]
+
+    @property
+    def elbo(self) -> np.ndarray:
+        """The ELBO per step, ``(num_steps,)``."""
+        return self[1]
+
+    @property
+    def verdict(self) -> dict:
+        """The convergence verdict of :func:`ucsciml.convergence.judge` on the loss trace."""
+        return self.trained.verdict
+
+    def record(self, **facts) -> dict:
+        """The ``optimization`` record of this training (:meth:`Trained.record`)."""
+        return self.trained.record(OBJECTIVE, **facts)
+
+
+def staircase_schedule(
+    learning_rate: float, num_steps: int, decay_steps: int | None, decay_rate: float
+) -> optax.Schedule:
+    r"""``eta_k = eta_0 r^{floor(k / K)}`` with ``K = decay_steps`` (``None``:
+    ``num_steps // 5``, so the rate halves four times at ``r = 1/2``)."""
+    return optax.exponential_decay(
+        learning_rate, decay_steps or max(num_steps // 5, 1), decay_rate, staircase=True
+    )
 
 
 def fit(
@@ -28,29 +66,29 @@ def fit(
     decay_rate: float,
     chunk_size: int,
     progress_bar: bool,
-):
-    r"""Maximise ``model.elbo`` by Adam with a staircase exponential learning-rate decay.
+) -> RGNPFit:
+    r"""Maximise ``model.elbo`` (minimise its negative) by Adam with a staircase exponential
+    learning-rate decay, :func:`staircase_schedule`.
 
-    .. math:: \eta_k = \eta_0\, r^{\lfloor k / K \rfloor}
-
-    Steps run ``chunk_size`` at a time inside one jitted ``lax.scan`` (one compile; the
-    progress bar advances per chunk); step ``k`` uses ``fold_in(key, k)``. Non-finite losses
-    are kept in the history (data, not exceptions) and logged.
+    Runs on :func:`ucsciml.optimize.train`: ``chunk_size`` steps per jitted ``lax.scan``, step
+    ``k`` drawing its Monte Carlo samples from ``fold_in(key, k)``, non-finite losses kept in
+    the trace and logged, the trace judged as a stochastic objective.
 
     Args:
         model: the :class:`RGNP` (its ``elbo(params, key, batch_size)``).
         params: initial :class:`RGNPParams`.
         key: PRNG key for the Monte Carlo draws.
-        num_steps: optimiser steps (rounded up to whole chunks).
+        num_steps: optimiser steps.
         batch_size: ``(z, w, grid)`` draws per step.
         learning_rate: ``eta_0``.
-        decay_steps: ``K`` (``None``: ``num_steps // 5``, so the rate halves four times).
+        decay_steps: ``K`` (``None``: ``num_steps // 5``).
         decay_rate: ``r``.
         chunk_size: steps per jitted scan.
         progress_bar: show a tqdm bar.
 
     Returns:
-        ``(params, elbo)`` with ``elbo`` of shape ``(num_steps,)``.
+        :class:`RGNPFit`: unpacks as ``(params, elbo)`` with ``elbo`` of shape
+        ``(num_steps,)``; ``.trained`` holds the loss trace and the verdict.
     """
     for name, value in (
         ("num_steps", num_steps),
@@ -61,40 +99,21 @@ def fit(
             raise ValueError(f"fit: {name} must be a positive integer, got {value!r}")
     if not learning_rate > 0:
         raise ValueError(f"fit: learning_rate must be > 0, got {learning_rate}")
-    chunk_size = min(chunk_size, num_steps)
-    num_chunks = -(-num_steps // chunk_size)
-    schedule = optax.exponential_decay(
-        learning_rate, decay_steps or max(num_steps // 5, 1), decay_rate, staircase=True
+    optimizer = optax.adam(staircase_schedule(learning_rate, num_steps, decay_steps, decay_rate))
+
+    def loss_fn(p, step_key):
+        return -model.elbo(p, step_key, batch_size)
+
+    trained = optimize.train(
+        loss_fn,
+        params,
+        optimizer,
+        num_steps=num_steps,
+        key=key,
+        phase=PHASE,
+        chunk_size=chunk_size,
+        step_keys="fold_in",
+        progress=progress_bar,
+        hint="raise num_steps (or lower learning_rate)",
     )
-    optimizer = optax.adam(schedule)
-    trainable, static = eqx.partition(params, eqx.is_inexact_array)
-    opt_state = optimizer.init(trainable)
-
-    def loss_fn(trainable, step_key):
-        return -model.elbo(eqx.combine(trainable, static), step_key, batch_size)
-
-    def step(carry, index):
-        trainable, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(trainable, jax.random.fold_in(key, index))
-        updates, opt_state = optimizer.update(grads, opt_state, trainable)
-        return (optax.apply_updates(trainable, updates), opt_state), -loss
-
-    @jax.jit
-    def run_chunk(trainable, opt_state, start):
-        indices = start + jnp.arange(chunk_size)
-        return jax.lax.scan(step, (trainable, opt_state), indices)
-
-    history = []
-    bar = tqdm(total=num_chunks * chunk_size, disable=not progress_bar, desc="RGNP ELBO")
-    for chunk in range(num_chunks):
-        (trainable, opt_state), elbo = run_chunk(trainable, opt_state, chunk * chunk_size)
-        elbo = np.asarray(elbo)
-        history.append(elbo)
-        bar.update(chunk_size)
-        bar.set_postfix(elbo=f"{np.mean(elbo):.4g}")
-        if not np.isfinite(elbo).all():
-            log.warning(
-                "non-finite ELBO in steps %d-%d", chunk * chunk_size, (chunk + 1) * chunk_size
-            )
-    bar.close()
-    return eqx.combine(trainable, static), np.concatenate(history)[:num_steps]
+    return RGNPFit(trained)

@@ -310,11 +310,14 @@ class RGNP:
         params: RGNPParams | None = None,
         chunk_size: int = 100,
         progress_bar: bool = True,
-    ) -> tuple[RGNPParams, np.ndarray]:
-        """Maximise the ELBO with Adam (see :func:`ucsciml.models.rgnp._rgnp_train.fit`).
+    ) -> _rgnp_train.RGNPFit:
+        """Maximise the ELBO with Adam on the shared training loop
+        (:func:`ucsciml.optimize.train`; see :func:`ucsciml.models.rgnp._rgnp_train.fit`).
 
         Returns:
-            ``(params, elbo_history)``, the history one value per step.
+            ``(params, elbo_history)``, the history one value per step; the result also
+            keeps the training (``.trained``: the negative-ELBO trace) and its convergence
+            verdict (``.verdict``), and ``.record()`` is its ``optimization`` record.
         """
         init_key, train_key = jax.random.split(key)
         if params is None:
