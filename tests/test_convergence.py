@@ -175,3 +175,22 @@ def test_anchored_ensemble_defaults_converge_to_the_exact_posterior(unseen):
     np.testing.assert_array_less(np.abs(beta.mean(axis=0) - mean) / sd, 0.3)
     np.testing.assert_allclose(beta.std(axis=0, ddof=1) / sd, 1.0, atol=0.25)
     assert check(posterior.to_datatree()).verdict == "n/a"
+
+
+def test_a_slow_descent_under_noise_fails_over_the_last_half():
+    # 1000 steps, loss 15800 falling 250 per 100-step window (1.6% per window, 16x rtol)
+    # with per-step noise sd 1500: over the last two windows the slope's standard error
+    # (1500 / sqrt(200^3 / 12) = 1.8 per step) hides the 2.5 per step descent; over the last
+    # half it is 0.46 per step, so 2.5 - 3 * 0.46 > 0 shows (in 19 of 20 seeds each way;
+    # seed 1 is one of the 19 for both).
+    rng = np.random.default_rng(1)
+    steps = np.arange(1000)
+    descent = 15800 - 2.5 * steps + 1500 * rng.standard_normal(1000)
+    flat = 15800 + 1500 * rng.standard_normal(1000)
+    two_windows = judge(descent, phase="d", stochastic=True, rtol=1e-3)
+    half = judge(descent, phase="d", stochastic=True, rtol=1e-3, trend_fraction=0.5)
+    noise = judge(flat, phase="f", stochastic=True, rtol=1e-3, trend_fraction=0.5)
+    assert two_windows["converged"] and not half["converged"]
+    assert noise["converged"]
+    with pytest.raises(ValueError, match="trend_fraction"):
+        judge(flat, phase="f", stochastic=True, trend_fraction=1.5)

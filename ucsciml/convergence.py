@@ -61,6 +61,7 @@ def judge(
     stochastic: bool = False,
     hint: str = "raise the number of steps (or L-BFGS steps), or lower the learning rate",
     decisive: bool = True,
+    trend_fraction: float | None = None,
 ) -> dict[str, Any]:
     """The convergence verdict of one or several fits.
 
@@ -78,6 +79,10 @@ def judge(
         decisive: the fits are the result (ensemble members, Laplace's mode, VI's guide),
             not a starting point (NUTS's or VI's MAP start, which later steps move on from);
             ``diagnostics.check`` warns only for decisive failures and mentions the others.
+        trend_fraction: stochastic losses only: the fraction of the trace (at least two
+            windows) over which the trend is fitted; ``None`` fits the last two windows. A
+            longer stretch sees a slow, steady descent that the noise of two windows hides
+            (a neural process's ELBO still falling 1% per window reads as flat over two).
 
     Returns:
         ``{"phase", "converged", "fits", "failed", "relative_change", "grad_norm",
@@ -94,7 +99,9 @@ def judge(
         raise ValueError(f"judge(losses=...) needs (steps,) or (fits, steps), got {traces.shape}")
     if not (rtol > 0 and gtol > 0 and dtol > 0):
         raise ValueError(f"judge needs rtol, gtol, dtol > 0, got {rtol}, {gtol}, {dtol}")
-    change = np.array([_relative_change(t, stochastic) for t in traces])
+    if trend_fraction is not None and not 0 < trend_fraction <= 1:
+        raise ValueError(f"judge(trend_fraction=...) must be in (0, 1], got {trend_fraction}")
+    change = np.array([_relative_change(t, stochastic, trend_fraction) for t in traces])
     finite = np.isfinite(traces).all(axis=1)
     grads = decrease = None
     if end_checks is None:
@@ -177,7 +184,9 @@ def _worst(values: np.ndarray) -> float:
     return float(np.max(np.where(np.isfinite(values), values, np.inf)))
 
 
-def _relative_change(trace: np.ndarray, stochastic: bool) -> float:
+def _relative_change(
+    trace: np.ndarray, stochastic: bool, trend_fraction: float | None = None
+) -> float:
     """How much the loss still moves over one window (10% of the steps), relative to
     ``max(1, |loss|)``.
 
@@ -197,7 +206,8 @@ def _relative_change(trace: np.ndarray, stochastic: bool) -> float:
     if not stochastic or 2 * window < 4:
         prev = trace[-2 * window : -window]
         return abs(float(last.mean() - prev.mean())) / scale
-    tail = trace[-2 * window :]
+    span = 2 * window if trend_fraction is None else max(2 * window, int(trend_fraction * n))
+    tail = trace[-span:]
     steps = np.arange(tail.shape[0], dtype=float)
     steps -= steps.mean()
     slope = float(steps @ (tail - tail.mean()) / (steps @ steps))

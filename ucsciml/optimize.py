@@ -272,8 +272,10 @@ def train(
     chunks of one jitted ``lax.scan`` (equal chunks, so one compile) with a progress bar;
     step ``k`` gets its own key (``step_keys``, see :data:`STEP_KEYS`). The loss trace is
     judged by :func:`ucsciml.convergence.judge` as a stochastic objective (its noise allowed,
-    relative tolerance ``rtol`` on the trend over the last window), and a failed verdict is
-    logged as a warning: nothing is assumed converged.
+    relative tolerance ``rtol`` on the projected change per window), and a failed verdict is
+    logged as a warning: nothing is assumed converged. The trend is fitted over the last half
+    of the steps (``trend_fraction=0.5``), so a slow descent that the noise of the last two
+    windows would hide still fails the fit.
 
     Returns:
         :class:`Trained` with ``losses`` of shape ``(num_steps,)`` (non-finite values kept).
@@ -320,5 +322,7 @@ def train(
     bad = int((~np.isfinite(losses)).sum())
     if bad:
         log.warning("%s: %d of %d training losses are not finite", phase, bad, num_steps)
-    verdict = convergence.judge(losses, None, phase=phase, rtol=rtol, stochastic=True, hint=hint)
+    verdict = convergence.judge(
+        losses, None, phase=phase, rtol=rtol, stochastic=True, hint=hint, trend_fraction=0.5
+    )
     return Trained(eqx.combine(carry[0], static), losses, verdict)
