@@ -173,7 +173,8 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
     """
     cfg = copy.deepcopy(raw)
     model = cfg.get("model")
-    if isinstance(model, dict) and model.get("name") in registry.CASES:
+    name = model.get("name") if isinstance(model, dict) else None
+    if isinstance(name, str) and name in registry.CASES:
         return _resolve_family(cfg, source)
     _only(cfg, TOP_KEYS, "the top level", source)
     for table in ("case", "pde", "model"):
