@@ -226,17 +226,7 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         wall = time.perf_counter() - start
         log.info("%s finished in %.1f s", backend_name, wall)
         tree = posterior.to_datatree()
-        tree.attrs.update(
-            {
-                "ucsciml_config_hash": chash,
-                "ucsciml_inputs_hash": ihash,
-                "ucsciml_inputs": json.dumps(inputs, sort_keys=True),
-                "ucsciml_seed": seed,
-                "ucsciml_backend": backend_name,
-                "ucsciml_wall_time_s": wall,
-                "ucsciml_case": cfg["case"]["name"],
-            }
-        )
+        tree.attrs.update(_run_attrs(cfg, chash, ihash, inputs, wall))
         write_datatree(tree, posterior_path)  # the raw posterior is safe before scoring
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # posterior.nc holds it all
     handler.flush()
@@ -332,18 +322,8 @@ def _run_family(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         wall = time.perf_counter() - start
         log.info("%s finished in %.1f s", backend_name, wall)
         tree = tree.copy()
-        tree.attrs.update(
-            {
-                "ucsciml_config_hash": chash,
-                "ucsciml_inputs_hash": ihash,
-                "ucsciml_inputs": json.dumps(inputs, sort_keys=True),
-                "ucsciml_seed": seed,
-                "ucsciml_backend": backend_name,
-                "ucsciml_wall_time_s": wall,
-                "ucsciml_case": cfg["case"]["name"],
-                "ucsciml_metrics": json.dumps(_toml_safe(numbers), sort_keys=True),
-            }
-        )
+        tree.attrs.update(_run_attrs(cfg, chash, ihash, inputs, wall))
+        tree.attrs["ucsciml_metrics"] = json.dumps(_toml_safe(numbers), sort_keys=True)
         write_datatree(tree, posterior_path)
     handler.flush()
     diag = diagnostics.check(tree)
@@ -366,6 +346,19 @@ def _run_family(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     for message in diag.messages:
         log.warning("%s", message)
     return RunResult(run_dir, metrics, diag)
+
+
+def _run_attrs(cfg, chash: str, ihash: str, inputs, wall: float) -> dict[str, Any]:
+    """The run's provenance attributes of ``posterior.nc`` (what ``--resume`` checks)."""
+    return {
+        "ucsciml_config_hash": chash,
+        "ucsciml_inputs_hash": ihash,
+        "ucsciml_inputs": json.dumps(inputs, sort_keys=True),
+        "ucsciml_seed": int(cfg["case"]["seed"]),
+        "ucsciml_backend": cfg["case"]["backend"],
+        "ucsciml_wall_time_s": wall,
+        "ucsciml_case": cfg["case"]["name"],
+    }
 
 
 def _log_calibration(metrics: Mapping[str, Any]) -> None:
