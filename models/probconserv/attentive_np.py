@@ -39,21 +39,18 @@ References:
 
 from __future__ import annotations
 
-import logging
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
+from ucsciml import optimize
 from ucsciml._types import Array, Float, PRNGKey
 from ucsciml.models.probconserv._contexts import scale_inputs, stratified_context
 from ucsciml.pde.gpme import AbstractConservationLaw
-
-logger = logging.getLogger(__name__)
 
 # Decoder sd floor: the data are noise-free, so far below Kim et al.'s 0.1; a floor keeps
 # the Gaussian likelihood bounded while the mean is still poor early in training.
@@ -222,10 +219,12 @@ def family_data(
 
 
 class TrainResult(NamedTuple):
-    """Trained model and the loss per step (negative ELBO per target point)."""
+    """Trained model, the loss per step (negative ELBO per target point) and the training
+    verdict (:func:`ucsciml.convergence.judge`'s dict)."""
 
     model: AttentiveNP
     losses: np.ndarray
+    verdict: dict[str, Any]
 
 
 def train(
@@ -241,8 +240,10 @@ def train(
 ) -> TrainResult:
     """Adam on the negative ELBO, minibatches of functions drawn with replacement.
 
-    Steps run in jitted ``lax.scan`` chunks of ``chunk`` steps (one compile), with a tqdm bar
-    over chunks. The learning rate follows a cosine decay to 10% of ``learning_rate``.
+    Runs on the families' shared loop (:func:`ucsciml.optimize.train`: jitted ``lax.scan``
+    chunks of ``chunk`` steps, a progress bar, a convergence verdict logged when it fails);
+    step ``k`` uses ``jax.random.split(key, num_steps)[k]``. The learning rate follows a
+    cosine decay to 10% of ``learning_rate``; gradients are clipped to global norm 1.
     """
     if num_steps < 1 or batch_size < 1 or chunk < 1:
         raise ValueError(
@@ -252,43 +253,28 @@ def train(
     num_functions = arrays[0].shape[0]
     schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=0.1)
     optimiser = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt_state = optimiser.init(params)
 
-    def batch_loss(params, key):
+    def batch_loss(net, key):
         index_key, z_key = jax.random.split(key)
         index = jax.random.randint(index_key, (batch_size,), 0, num_functions)
         xc, yc, xt, yt = (a[index] for a in arrays)
         xt, yt = jnp.concatenate([xc, xt], 1), jnp.concatenate([yc, yt], 1)
-        net = eqx.combine(params, static)
         keys = jax.random.split(z_key, batch_size)
         return jnp.mean(jax.vmap(lambda *a: elbo_loss(net, *a))(keys, xc, yc, xt, yt))
 
-    def step(carry, key):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(batch_loss)(params, key)
-        updates, opt_state = optimiser.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    @eqx.filter_jit
-    def run_chunk(params, opt_state, keys):
-        return jax.lax.scan(step, (params, opt_state), keys)
-
-    losses = []
-    step_keys = jax.random.split(key, num_steps)
-    with tqdm(total=num_steps, disable=not progress, desc="ANP") as bar:
-        for start in range(0, num_steps, chunk):
-            keys = step_keys[start : start + chunk]
-            (params, opt_state), chunk_losses = run_chunk(params, opt_state, keys)
-            losses.append(np.asarray(chunk_losses))
-            bar.update(keys.shape[0])
-            bar.set_postfix(loss=f"{float(chunk_losses[-1]):.3f}")
-    losses = np.concatenate(losses)
-    if not np.all(np.isfinite(losses)):
-        logger.warning(
-            "ANP training produced non-finite losses (%d steps)", (~np.isfinite(losses)).sum()
-        )
-    return TrainResult(eqx.combine(params, static), losses)
+    trained = optimize.train(
+        batch_loss,
+        model,
+        optimiser,
+        num_steps=num_steps,
+        key=key,
+        phase="ANP",
+        chunk_size=chunk,
+        step_keys="split",
+        progress=progress,
+        hint="raise num_steps or lower learning_rate",
+    )
+    return TrainResult(trained.params, trained.losses, trained.verdict)
 
 
 class ANPPrediction(NamedTuple):
