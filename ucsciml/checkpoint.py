@@ -15,7 +15,12 @@ data bytes and starting point), so a checkpoint of other settings or data is nev
 **Test hook.** With the environment variable ``UCSCIML_TEST_KILL_AFTER_CHUNK=phase:n`` the
 process sends itself ``SIGKILL`` right after writing the ``n``-th checkpoint of ``phase``
 (the file's stem) in this process: the kill-and-resume tests crash a run at a chosen point
-exactly as ``kill -9`` would, with no cleanup.
+exactly as ``kill -9`` would, with no cleanup. ``phase:n@p`` kills only process ``p`` of a
+distributed run (``jax.process_index()``), the others then lose it mid-collective.
+
+In a distributed run every process checkpoints into its own run directory (process 0 into
+the real one, the others into scratch folders), so no two processes write one file; a
+resumed run starts every process from process 0's files (``ucsciml.runner``).
 """
 
 from __future__ import annotations
@@ -127,6 +132,9 @@ def _kill_hook(phase: str) -> None:
     :data:`KILL_AFTER` is ``phase:n`` (tests only)."""
     spec = os.environ.get(KILL_AFTER)
     if not spec:
+        return
+    spec, _, process = spec.partition("@")
+    if process and process != str(jax.process_index()):
         return
     name, _, count = spec.rpartition(":")
     _writes[phase] += 1

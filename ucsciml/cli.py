@@ -254,12 +254,6 @@ def _start_distributed(args) -> None:
         distributed.initialize(settings)
 
 
-def jax_processes() -> int:
-    import jax
-
-    return jax.process_count()
-
-
 def _cmd_launch(args) -> int:
     from ucsciml.launch import launch
 
@@ -275,15 +269,12 @@ def _cmd_run(args) -> int:
     from ucsciml.runner import run_case
 
     cfg = load_case(case_path(args.case))
-    if args.resume and jax_processes() > 1:
-        raise ValueError(
-            "--resume is not supported for distributed runs yet (the processes would disagree "
-            "on what to skip): rerun on one process with --resume, or without it"
-        )
     if not distributed.is_main():
-        # Every process computes; only process 0 writes the run directory.
+        # Every process computes; only process 0 writes the run directory. With --resume
+        # the others get process 0's posterior.nc and checkpoints in their scratch folder
+        # (runner._shared_resume), so every process skips or continues the same work.
         with tempfile.TemporaryDirectory(prefix="ucsciml-process-") as scratch:
-            run_case(cfg, backend=args.backend, seed=args.seed, out=scratch)
+            run_case(cfg, backend=args.backend, seed=args.seed, out=scratch, resume=args.resume)
         return 0
     result = run_case(cfg, backend=args.backend, seed=args.seed, out=args.out, resume=args.resume)
     print(f"run directory: {result.run_dir}")

@@ -4,8 +4,10 @@ For testing the multi-host path on one machine, and for splitting one large mach
 several JAX processes. Each process gets the coordinator's address (a free loopback port),
 the process count and its index (:data:`ucsciml.distributed.ENV`) and its share of the CPU
 cores as XLA host devices, then runs the same ``ucsciml`` command; process 0 writes the run
-directory. When one process fails the others are stopped and the launch fails with the
-failing process's code; finished work stays where ``--resume`` finds it.
+directory. When one process fails (or is killed) the others are stopped and the launch fails
+with the failing process's code (1 for a signal) and a one-line message naming it; a rerun
+with ``--resume`` reuses a finished ``posterior.nc`` or continues from process 0's
+checkpoints (see :func:`ucsciml.distributed.share_files`).
 
 On a cluster, skip the launcher: ``srun ucsciml run CASE --distributed`` (SLURM) or
 ``mpirun -n N ucsciml run CASE --distributed`` (Open MPI), where JAX reads the process layout
@@ -82,20 +84,40 @@ def launch(processes: int, argv: Sequence[str], devices: int | None = None) -> i
                 proc.wait()
 
 
+def _first_failure(codes: Sequence[int | None]) -> tuple[int, int] | None:
+    """``(index, code)`` of the process that failed first among those seen failed in one
+    poll: one killed by a signal (``kill -9``, the OOM killer) before one that exited with
+    an error, which is usually a peer losing its collective with the killed one; then the
+    lowest index."""
+    failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+    if not failed:
+        return None
+    return min(failed, key=lambda ic: (ic[1] > 0, ic[0]))
+
+
+def _reason(code: int) -> str:
+    if code > 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"was killed by {name}"
+
+
 def _wait(procs: list[subprocess.Popen]) -> int:
     while True:
         codes = [proc.poll() for proc in procs]
-        failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-        if failed:
-            index, code = failed[0]
+        first = _first_failure(codes)
+        if first is not None:
+            index, code = first
             for proc in procs:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
-            reason = f"signal {-code}" if code < 0 else f"code {code}"
             print(
-                f"ucsciml launch: process {index} of {len(procs)} exited with {reason}; the "
-                "others were stopped. Rerun the same command with `--resume` to continue "
-                "from the finished work",
+                f"ucsciml launch: process {index} of {len(procs)} {_reason(code)}; the others "
+                "were stopped. Rerun the same command with `--resume` to continue from its "
+                "checkpoints and finished work",
                 file=sys.stderr,
             )
             return code if code > 0 else 1

@@ -14,6 +14,9 @@ stay); such a file is resumed from its stored predictions. A report that cannot 
 drawn is a warning in ``log.txt`` and in ``metrics.json``'s ``warnings`` (shown by
 ``ucsciml summary``). A run holds the directory's lock (:mod:`ucsciml.rundir`) throughout:
 a second run on the same directory is refused instead of mixing its files with the first's.
+In a distributed run process 0 writes the run directory (the others write scratch copies)
+and, with ``resume``, sends its ``posterior.nc`` and ``checkpoints/`` to the other processes
+first, so that all of them skip, continue or refit alike.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 import tomli_w
 import xarray as xr
 
-from ucsciml import calibration, diagnostics, registry, replicates, rundir
+from ucsciml import calibration, diagnostics, distributed, registry, replicates, rundir
 from ucsciml import config as case_config
 from ucsciml import data as sensor_data
 from ucsciml._io import file_digest, write_datatree, write_json, write_text
@@ -179,6 +182,7 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     data = _load_data(cfg, pde)
     inputs = run_inputs(cfg)
     ihash = config_hash({"config_hash": chash, **inputs})
+    resume = _shared_resume(run_dir, resume, ihash)
     settings = case_config.calibration_settings(cfg)
     holdout = None
     if settings is not None and settings.holdout > 0:
@@ -300,6 +304,7 @@ def _run_family(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     inputs = run_inputs(cfg)
     ihash = config_hash({"config_hash": chash, **inputs})
     write_text(run_dir / "config.toml", tomli_w.dumps(_toml_safe(cfg)))
+    resume = _shared_resume(run_dir, resume, ihash)
     posterior_path = run_dir / "posterior.nc"
     previous = _reusable_tree(posterior_path, ihash, inputs) if resume else None
     log.info(
@@ -554,6 +559,26 @@ def _stored_prediction(tree: xr.DataTree) -> xr.Dataset | None:
         if "u_true" in truth:
             prediction = prediction.assign(u_true=truth["u_true"])
     return prediction
+
+
+def _shared_resume(run_dir: Path, resume: bool, ihash: str) -> bool:
+    """``resume`` as every process of a distributed run can follow it: process 0's
+    ``posterior.nc`` and ``checkpoints/`` are copied into every other process's (scratch)
+    run directory (:func:`ucsciml.distributed.share_files`), so all of them reuse, continue
+    or refit alike; ``False`` (a clean refit everywhere) when the copies differ."""
+    if not resume or jax.process_count() == 1:
+        return resume
+    folder = run_dir / "checkpoints"
+    names = ["posterior.nc"]
+    if distributed.is_main() and folder.is_dir():
+        names += sorted(f"checkpoints/{p.name}" for p in folder.iterdir() if p.is_file())
+    if distributed.share_files(run_dir, names, agree_on=ihash):
+        log.info(
+            "resume: all %d processes resume from process 0's posterior.nc and checkpoints",
+            jax.process_count(),
+        )
+        return True
+    return False
 
 
 def _with_checkpoints(backend, run_dir: Path, resume: bool, *, inputs_hash: str | None = None):
