@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import blackjax
 import jax
@@ -17,7 +18,6 @@ from numpyro import handlers
 from ucsciml import checkpoint
 from ucsciml._types import PRNGKey
 from ucsciml.inference._chains import chain_keys, map_chains, num_shards, tile
-from ucsciml.inference._driver import sample_scan
 from ucsciml.inference._map import ProgramSignature, constrain_fn, family_of, init_fn
 from ucsciml.inference._mapfit import map_starts
 from ucsciml.inference._mapfit_settings import MAPFit, fold_legacy, legacy, map_field, settings_of
@@ -37,7 +37,8 @@ class NUTS:
     ``engine="numpyro"`` runs NumPyro's NUTS kernel (the draws of
     ``numpyro.infer.MCMC(NUTS(...), chain_method="vectorized")`` with the same chain keys) on a
     compile-once driver (:mod:`ucsciml.inference._nuts_numpyro`); ``engine="blackjax"`` runs
-    ``blackjax.nuts`` after ``blackjax.window_adaptation``, driven by one ``lax.scan``. Both
+    ``blackjax.nuts`` after ``blackjax.window_adaptation`` (warm-up one compiled call, sampling
+    one ``fori_loop`` with traced bounds, so chunks reuse the executable). Both
     sample the unconstrained potential of the same program, with the data as traced
     arguments of executables cached per model, data shapes and settings: a second run, or a
     new program of the same model on new data of the same shapes, compiles nothing. Chains
@@ -69,10 +70,13 @@ class NUTS:
             initialisation saves its optimiser state after every chunk
             (``nuts-map-Adam.npz``, ``nuts-map-L-BFGS.npz``) and, with the NumPyro engine,
             sampling saves the chain states and the draws so far after each of its 20 chunks
-            (``nuts-sample.npz``); a later run with the same settings, key and data continues
-            from the last checkpoint and draws exactly what an uninterrupted run draws.
-            BlackJAX's warm-up and sampling run as one compiled call and are not
-            checkpointed.
+            (``nuts-sample.npz``). With the BlackJAX engine, window adaptation runs as one
+            compiled call whose result (chain states, step sizes, inverse mass matrices) is
+            saved (``nuts-warmup.npz``), then sampling runs in 20 chunks of one executable,
+            saving the chain states and the draws so far after each (``nuts-sample.npz``).
+            A later run with the same settings, key and data continues from the last
+            checkpoint (without redoing the MAP fit or warm-up once saved) and draws exactly
+            what an uninterrupted run draws.
 
     Example:
         >>> posterior = NUTS(num_warmup=200, num_samples=200).run(program, jax.random.key(0))
@@ -142,7 +146,7 @@ class NUTS:
             if self.engine == "numpyro":
                 samples, stats = self._run_numpyro(program, keys, None, key)
             else:
-                samples, stats = self._run_blackjax(program, keys, None)
+                samples, stats = self._run_blackjax(program, keys, None, key)
         else:
             init_params, losses, verdict = self._initial_positions(program, keys, key)
             if verdict is not None:
@@ -153,7 +157,7 @@ class NUTS:
             if self.engine == "numpyro":
                 samples, stats = self._run_numpyro(sampled, keys, init_params, key)
             else:
-                samples, stats = self._run_blackjax(sampled, keys, init_params)
+                samples, stats = self._run_blackjax(sampled, keys, init_params, key)
             # Held sites enter the draws as constants, so predictions use the full model.
             draws = next(iter(samples.values())).shape[:2]
             for name, value in fixed.items():
@@ -243,17 +247,17 @@ class NUTS:
         }
         return samples, stats
 
-    def _run_blackjax(self, program, keys, init_params):
+    def _run_blackjax(self, program, keys, init_params, key):
         sampler = self._blackjax(program, self.num_chains, from_prior=init_params is None)
         starts = keys if init_params is None else init_params
-        samples, infos, lp, step_size = sampler(
-            (
-                keys,
-                starts,
-                tile(program.inputs, self.num_chains),
-                tile(program.targets, self.num_chains),
-            )
+        args = (
+            keys,
+            starts,
+            tile(program.inputs, self.num_chains),
+            tile(program.targets, self.num_chains),
         )
+        slot = self._slot("nuts", program, key, init_params)
+        samples, infos, lp, step_size = _sample_blackjax(sampler, args, slot)
         stats = _blackjax_stats(infos, lp, step_size, self.max_tree_depth)
         return {k: np.asarray(v) for k, v in samples.items()}, stats
 
@@ -346,38 +350,91 @@ def _row(tree, index: int):
 
 
 def _blackjax_stats(infos, lp, step_size, max_depth: int) -> dict[str, np.ndarray]:
-    """BlackJAX's NUTS infos ``(..., draw)`` as the sample statistics ArviZ names."""
-    depth = np.asarray(infos.num_trajectory_expansions)
+    """BlackJAX's recorded NUTS infos ``(..., draw)`` as the sample statistics ArviZ names."""
+    depth = np.asarray(infos["num_trajectory_expansions"])
     return {
-        "diverging": np.asarray(infos.is_divergent),
-        "n_steps": np.asarray(infos.num_integration_steps),
+        "diverging": np.asarray(infos["is_divergent"]),
+        "n_steps": np.asarray(infos["num_integration_steps"]),
         "tree_depth": depth,
         "reached_max_treedepth": depth >= max_depth,
         "step_size": np.broadcast_to(np.asarray(step_size)[..., None], depth.shape).copy(),
-        "energy": np.asarray(infos.energy),
+        "energy": np.asarray(infos["energy"]),
         "lp": np.asarray(lp),
-        "acceptance_rate": np.asarray(infos.acceptance_rate),
+        "acceptance_rate": np.asarray(infos["acceptance_rate"]),
+    }
+
+
+#: Checkpoint chunks of BlackJAX's sampling phase (as the NumPyro engine's).
+CHUNKS = 20
+
+
+class BlackJAXSampler(NamedTuple):
+    """The compiled pieces of one BlackJAX NUTS configuration (see :func:`_blackjax_sampler`).
+
+    ``warmup((keys, starts, inputs, targets)) -> carry`` runs window adaptation; the carry is
+    ``(state, adapted parameters, record buffer)`` per chain. ``advance((carry, keys, start,
+    stop, inputs, targets)) -> carry`` runs sampling steps ``start .. stop`` (traced bounds,
+    one per chain) into the buffer, so one call or any chunking runs the same executable on
+    the same per-step keys. ``finish((carry, inputs, targets))`` gives the constrained draws,
+    the recorded statistics, the log densities and the step sizes.
+    """
+
+    warmup: Callable
+    advance: Callable
+    finish: Callable
+    num_samples: int
+    carry_shapes: Callable  # (args) -> the carry's ShapeDtypeStructs (checkpoint template)
+
+    def __call__(self, args):
+        """Warm-up, every sampling step in one call, then the draws: ``sample(args)``."""
+        keys, _, inputs, targets = args
+        carry = self.warmup(args)
+        carry = self.run_steps(carry, keys, inputs, targets, 0, self.num_samples)
+        return self.finish((carry, inputs, targets))
+
+    def run_steps(self, carry, keys, inputs, targets, start: int, stop: int):
+        num = keys.shape[0]
+        bounds = (jnp.full((num,), start, jnp.int32), jnp.full((num,), stop, jnp.int32))
+        return self.advance((carry, keys, *bounds, inputs, targets))
+
+    def _cache_size(self) -> int:
+        """Compiled variants of the pieces (1: each compiled once), as ``jax.jit`` reports."""
+        sizes = [getattr(f, "_cache_size", lambda: 1)() for f in self[:3]]
+        return max(sizes)
+
+
+def _record(state, info) -> dict:
+    """What is kept of each BlackJAX NUTS step."""
+    return {
+        "position": state.position,
+        "logdensity": state.logdensity,
+        "is_divergent": info.is_divergent,
+        "num_integration_steps": info.num_integration_steps,
+        "num_trajectory_expansions": info.num_trajectory_expansions,
+        "energy": info.energy,
+        "acceptance_rate": info.acceptance_rate,
     }
 
 
 @functools.lru_cache(maxsize=8)
 def _blackjax_sampler(
     signature, num_warmup, num_samples, num_chains, target, max_depth, dense, shard, from_prior
-):
-    """``sample((keys, starts, inputs, targets))``: BlackJAX window adaptation then NUTS per
-    chain, one ``lax.scan`` each, chains vmapped or sharded; data and starts are traced
-    arguments (leading chain axis on all four), so the executable is compiled once per model,
-    data shapes and settings. With ``from_prior`` the starts are the chain keys and each
-    chain draws its own prior start."""
+) -> BlackJAXSampler:
+    """BlackJAX window adaptation then NUTS per chain, chains vmapped or sharded; data and
+    starts are traced arguments (leading chain axis on all), so each piece is compiled once
+    per model, data shapes and settings. With ``from_prior`` the starts are the chain keys
+    and each chain draws its own prior start. Warm-up is one compiled call (one ``lax.scan``);
+    sampling step ``i`` of a chain uses ``split(sample_key, num_samples)[i]`` where
+    ``warm_key, sample_key = split(chain_key)``, whatever the chunking."""
     family = family_of(signature)
 
-    def one_chain(args):
+    def kernel_of(inputs, targets, parameters):
+        potential_fn = family.make(inputs=inputs, targets=targets)
+        return blackjax.nuts(lambda z: -potential_fn(z), max_num_doublings=max_depth, **parameters)
+
+    def warmup_one(args):
         key, start, inputs, targets = args
         potential_fn = family.make(inputs=inputs, targets=targets)
-
-        def logdensity_fn(z):
-            return -potential_fn(z)
-
         position = (
             family.init(jax.random.fold_in(start, 1), inputs=inputs, targets=targets)
             if from_prior
@@ -386,18 +443,97 @@ def _blackjax_sampler(
         warm_key, sample_key = jax.random.split(key)
         warmup = blackjax.window_adaptation(
             blackjax.nuts,
-            logdensity_fn,
+            lambda z: -potential_fn(z),
             is_mass_matrix_diagonal=not dense,
             target_acceptance_rate=target,
             max_num_doublings=max_depth,
         )
         (state, parameters), _ = warmup.run(warm_key, position, num_steps=num_warmup)
-        kernel = blackjax.nuts(logdensity_fn, **parameters)
-        _, (states, infos) = sample_scan(kernel.step, state, sample_key, num_samples)
-        constrained = jax.vmap(family.postprocess(inputs=inputs, targets=targets))(states.position)
-        return constrained, infos, states.logdensity, parameters["step_size"]
+        # Only the adapted arrays travel (and are checkpointed); the tree depth is static.
+        parameters = {k: parameters[k] for k in ("step_size", "inverse_mass_matrix")}
+        kernel = kernel_of(inputs, targets, parameters)
+        shapes = jax.eval_shape(lambda s: _record(*kernel.step(sample_key, s)), state)
+        buffer = jax.tree.map(lambda x: jnp.zeros((num_samples, *x.shape), x.dtype), shapes)
+        return state, parameters, buffer
 
-    return map_chains(one_chain, num_chains, shard)
+    def advance_one(args):
+        (state, parameters, buffer), key, start, stop, inputs, targets = args
+        kernel = kernel_of(inputs, targets, parameters)
+        step_keys = jax.random.split(jax.random.split(key)[1], num_samples)
+
+        def body(i, carry):
+            state, buffer = carry
+            state, info = kernel.step(step_keys[i], state)
+            buffer = jax.tree.map(
+                lambda b, r: jax.lax.dynamic_update_index_in_dim(b, r, i, axis=0),
+                buffer,
+                _record(state, info),
+            )
+            return state, buffer
+
+        state, buffer = jax.lax.fori_loop(start, stop, body, (state, buffer))
+        return state, parameters, buffer
+
+    def finish_one(args):
+        (_, parameters, buffer), inputs, targets = args
+        constrained = jax.vmap(family.postprocess(inputs=inputs, targets=targets))(
+            buffer["position"]
+        )
+        stats = {k: v for k, v in buffer.items() if k not in ("position", "logdensity")}
+        return constrained, stats, buffer["logdensity"], parameters["step_size"]
+
+    shapes = {}
+
+    def carry_shapes(args):
+        # Traced once per sampler (its model, data shapes and chains fix the carry's shapes).
+        if not shapes:
+            shapes["carry"] = jax.eval_shape(jax.vmap(warmup_one), args)
+        return shapes["carry"]
+
+    return BlackJAXSampler(
+        map_chains(warmup_one, num_chains, shard),
+        map_chains(advance_one, num_chains, shard),
+        map_chains(finish_one, num_chains, shard),
+        num_samples,
+        carry_shapes,
+    )
+
+
+def _sample_blackjax(sampler: BlackJAXSampler, args, slot) -> tuple:
+    """Run ``sampler`` on ``args``; with a checkpoint ``slot`` warm-up's carry is saved
+    (``<prefix>-warmup.npz``) and sampling runs in :data:`CHUNKS` calls of the same
+    executable, saving the carry after each (``<prefix>-sample.npz``); a later call with the
+    same slot continues from the furthest checkpoint and draws what an uninterrupted run does."""
+    if slot is None:
+        return sampler(args)
+    keys, _, inputs, targets = args
+    total = sampler.num_samples
+    carry, done = None, 0
+    if slot.path("sample").exists() or slot.path("warmup").exists():
+        # The template is traced only to resume, so a fresh checkpointed run traces nothing
+        # that a plain run does not.
+        like = sampler.carry_shapes(args)
+        restored = slot.load("sample", like)
+        if restored is not None and 0 < restored.step <= total:
+            carry, done = restored
+            log.info("NUTS resumes from %s at step %d", slot.path("sample"), done)
+        else:
+            restored = slot.load("warmup", like)
+            if restored is not None:
+                carry = restored.state
+                log.info("NUTS resumes from %s: warm-up done", slot.path("warmup"))
+    if carry is None:
+        carry = sampler.warmup(args)
+        jax.block_until_ready(carry)
+        slot.save("warmup", carry, 0)
+    length = -(-total // CHUNKS)
+    # Chunk boundaries stay at multiples of ``length`` after a resume.
+    for start in range(done, total, length):
+        stop = min(start + length, total)
+        carry = sampler.run_steps(carry, keys, inputs, targets, start, stop)
+        jax.block_until_ready(carry)
+        slot.save("sample", carry, stop)
+    return sampler.finish((carry, inputs, targets))
 
 
 def _fixed_sites(program: Program, sample_sites: tuple[str, ...]) -> list[str]:
