@@ -9,15 +9,18 @@ uninterrupted run of the same seed.
 from __future__ import annotations
 
 import dataclasses
-import logging
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import jax
 import numpy as np
 from test_compile_reuse import COMPILE, TRACE, compilations
-from test_resume import TESTS, _run_killed, program
+from test_resume import _CACHE, TESTS, _run_killed, program
 
-from ucsciml import inference
+from ucsciml import checkpoint, inference
 
 # 30 kept draws, checkpointed in chunks of 2 steps (15 chunks).
 BLACKJAX = inference.NUTS(
@@ -39,36 +42,66 @@ def _killed(folder: Path, phase: str, count: int) -> None:
     assert (folder / f"{phase}.npz").exists()
 
 
-def _resumed_and_fresh(folder: Path, caplog):
-    with caplog.at_level(logging.INFO, logger="ucsciml"):
-        resumed = dataclasses.replace(BLACKJAX, checkpoint_dir=str(folder)).run(
-            program(), jax.random.key(3)
-        )
-    fresh = BLACKJAX.run(program(), jax.random.key(3))
-    return resumed, fresh, caplog.text
+_RUN = """
+import logging, sys
+sys.path.insert(0, {tests!r})
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+import dataclasses, jax, numpy as np
+from test_resume import program
+from test_resume_blackjax import BLACKJAX
+backend = dataclasses.replace(BLACKJAX, checkpoint_dir={folder!r})
+posterior = backend.run(program(), jax.random.key(3))
+np.savez({out!r}, beta=posterior.samples["beta"],
+         **{{k: np.asarray(v) for k, v in posterior.sample_stats.items()}})
+"""
+
+
+def _run_to_end(folder: Path | None, out: Path) -> tuple[dict, str]:
+    """Run BlackJAX NUTS to the end in a fresh interpreter, in the killed runs' environment
+    (one CPU device, their compilation cache), so the resumed, the fresh and the killed
+    runs all share one compiled program: the pytest process may have compiled the same
+    model under other settings earlier in the suite (other float rounding)."""
+    code = _RUN.format(tests=TESTS, folder=None if folder is None else str(folder), out=str(out))
+    env = {
+        **os.environ,
+        "UCSCIML_CPU_DEVICES": "1",
+        "JAX_COMPILATION_CACHE_DIR": str(_CACHE),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    env.pop(checkpoint.KILL_AFTER, None)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    with np.load(out) as saved:
+        return {k: saved[k] for k in saved.files}, proc.stderr.decode()
+
+
+def _resumed_and_fresh(folder: Path):
+    resumed, log = _run_to_end(folder, folder.parent / f"{folder.name}-resumed.npz")
+    fresh, _ = _run_to_end(None, folder.parent / f"{folder.name}-fresh.npz")
+    return resumed, fresh, log
 
 
 def _assert_same(resumed, fresh) -> None:
-    np.testing.assert_allclose(resumed.samples["beta"], fresh.samples["beta"], rtol=1e-6)
+    np.testing.assert_allclose(resumed["beta"], fresh["beta"], rtol=1e-6)
     for name in ("n_steps", "step_size", "energy", "lp"):
-        np.testing.assert_allclose(
-            resumed.sample_stats[name], fresh.sample_stats[name], rtol=1e-6, err_msg=name
-        )
+        np.testing.assert_allclose(resumed[name], fresh[name], rtol=1e-6, err_msg=name)
 
 
-def test_blackjax_killed_while_sampling_resumes_to_the_same_draws(tmp_path, caplog):
+def test_blackjax_killed_while_sampling_resumes_to_the_same_draws(tmp_path):
     _killed(tmp_path, "nuts-sample", 5)  # after kept step 10 of 30
     assert (tmp_path / "nuts-warmup.npz").exists()
-    resumed, fresh, log = _resumed_and_fresh(tmp_path, caplog)
+    resumed, fresh, log = _resumed_and_fresh(tmp_path)
     assert "NUTS resumes from" in log and "at step 10" in log
     assert "warm-up done" not in log  # the sampling checkpoint holds the adapted kernel
     _assert_same(resumed, fresh)
 
 
-def test_blackjax_killed_after_warmup_resumes_without_redoing_it(tmp_path, caplog):
+def test_blackjax_killed_after_warmup_resumes_without_redoing_it(tmp_path):
     _killed(tmp_path, "nuts-warmup", 1)
     assert not (tmp_path / "nuts-sample.npz").exists()  # killed before sampling began
-    resumed, fresh, log = _resumed_and_fresh(tmp_path, caplog)
+    resumed, fresh, log = _resumed_and_fresh(tmp_path)
     assert "nuts-warmup.npz: warm-up done" in log
     _assert_same(resumed, fresh)
 
