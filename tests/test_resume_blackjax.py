@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 from test_compile_reuse import COMPILE, TRACE, compilations
 from test_resume import _CACHE, TESTS, _run_killed, program
 
@@ -89,6 +90,7 @@ def _assert_same(resumed, fresh) -> None:
         np.testing.assert_allclose(resumed[name], fresh[name], rtol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow  # ~30 s each: three fresh interpreters per test
 def test_blackjax_killed_while_sampling_resumes_to_the_same_draws(tmp_path):
     _killed(tmp_path, "nuts-sample", 5)  # after kept step 10 of 30
     assert (tmp_path / "nuts-warmup.npz").exists()
@@ -98,6 +100,7 @@ def test_blackjax_killed_while_sampling_resumes_to_the_same_draws(tmp_path):
     _assert_same(resumed, fresh)
 
 
+@pytest.mark.slow  # ~30 s each: three fresh interpreters per test
 def test_blackjax_killed_after_warmup_resumes_without_redoing_it(tmp_path):
     _killed(tmp_path, "nuts-warmup", 1)
     assert not (tmp_path / "nuts-sample.npz").exists()  # killed before sampling began
