@@ -216,7 +216,7 @@ def _mask_distributions(program: Program) -> dict:
             "your own model add Bernoulli keep-mask sites and list them in "
             "Program.attrs['dropout_sites']"
         )
-    trace = program.trace(jax.random.key(0))
+    trace = program.sites()
     missing = [s for s in sites if s not in trace]
     if missing:
         raise ValueError(f"Program.attrs['dropout_sites'] names {missing}, not sites of the model")

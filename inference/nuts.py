@@ -540,7 +540,7 @@ def _fixed_sites(program: Program, sample_sites: tuple[str, ...]) -> list[str]:
     """Latent sites outside ``sample_sites`` (none when ``sample_sites`` is empty)."""
     if not sample_sites:
         return []
-    trace = program.trace(jax.random.key(0))
+    trace = program.sites()
     latent = [n for n, s in trace.items() if s["type"] == "sample" and not s["is_observed"]]
     unknown = [n for n in sample_sites if n not in latent]
     if unknown:
@@ -592,7 +592,7 @@ def _conditioned(fn, names: tuple[str, ...]):
 
 
 def _check_continuous(program: Program) -> None:
-    trace = program.trace(jax.random.key(0))
+    trace = program.sites()
     discrete = [
         name
         for name, site in trace.items()

@@ -95,7 +95,7 @@ def pseudo_observation_rms(
         ValueError: when the model has no such site.
     """
     program = posterior.program
-    trace = program.trace(jax.random.key(0))
+    trace = program.sites()
     if site not in trace:
         raise ValueError(
             f"program '{program.name}' has no site '{site}'; its sites are {sorted(trace)}"

@@ -20,6 +20,13 @@ from numpyro import handlers
 
 from ucsciml._types import PyTree
 
+#: What an abstract trace raises when the model's Python code needs concrete values.
+NEEDS_VALUES = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
 
 class ModelDefinition(Protocol):
     """What :func:`compile` needs of a model definition: a ``compile(data)`` method."""
@@ -70,7 +77,7 @@ class Program:
             self, "dims", MappingProxyType({k: tuple(v) for k, v in self.dims.items()})
         )
         object.__setattr__(self, "coords", MappingProxyType(dict(self.coords)))
-        trace = self.trace(jax.random.key(0))
+        trace = self.sites()
         # A numpyro.factor is an observed sample site of a Unit distribution, not data.
         observed_sites = [
             k
@@ -170,6 +177,33 @@ class Program:
         obs = self.targets if inputs is None else targets
         return handlers.trace(handlers.seed(self.fn, key)).get_trace(args, targets=obs)
 
+    def sites(self) -> Mapping[str, dict]:
+        """The model's sites (names, types, distributions, whether observed), from one
+        abstract trace at the program's data: values are :class:`jax.ShapeDtypeStruct` and
+        nothing is computed or compiled (an eager trace dispatches every operation on its
+        own, seconds for a large model). Kept per program. A model whose Python code needs
+        concrete values is traced eagerly instead. For the structure only: a site's
+        distribution may hold tracers, so draw from :meth:`trace` instead.
+        """
+        return self._sites
+
+    @functools.cached_property
+    def _sites(self) -> Mapping[str, dict]:
+        found = {}
+
+        def run(key):
+            trace = self.trace(key)
+            found.update(trace)
+            return {k: s["value"] for k, s in trace.items() if "value" in s}
+
+        try:
+            shapes = jax.eval_shape(run, jax.random.key(0))
+        except NEEDS_VALUES:
+            return MappingProxyType(self.trace(jax.random.key(0)))
+        return MappingProxyType(
+            {k: {**s, "value": shapes[k]} if k in shapes else s for k, s in found.items()}
+        )
+
     def latent_sites(self) -> tuple[str, ...]:
         """Names of the unobserved sample sites (the model runs once per program for this,
         then the table is kept)."""
@@ -177,8 +211,9 @@ class Program:
 
     @functools.cached_property
     def _latent_sites(self) -> tuple[str, ...]:
-        trace = self.trace(jax.random.key(0))
-        return tuple(k for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"])
+        return tuple(
+            k for k, s in self.sites().items() if s["type"] == "sample" and not s["is_observed"]
+        )
 
     def physical_sites(self) -> tuple[str, ...]:
         """Latent sites that are not network weights: where convergence is judged."""
