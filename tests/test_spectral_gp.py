@@ -51,6 +51,24 @@ def test_kernel_derivatives_match_finite_differences(kind, order):
     np.testing.assert_allclose(exact, fd, rtol=1e-6, atol=1e-6 * float(jnp.max(jnp.abs(exact))))
 
 
+@pytest.mark.parametrize("kind", sk.KINDS)
+def test_joint_orders_equal_one_order_at_a_time_on_every_layout(kind):
+    # One pass for orders (0, 1, 2) must give each order exactly as its own pass does, and
+    # the lattice and Toeplitz gathers the dense gram of every pair.
+    params = _params(kind)
+    grid = np.linspace(0.0, 2.0, 9)
+    mids = 0.5 * (grid[1:] + grid[:-1])
+    joint = sk.lattice_grams(kind, params, mids, grid, (2, 0, 1))
+    toeplitz = sk.toeplitz_grams(kind, params, grid.size, grid[1] - grid[0], (0, 1, 2))
+    for order in (0, 1, 2):
+        dense = sk.gram(kind, params, jnp.asarray(mids), jnp.asarray(grid), order)
+        np.testing.assert_allclose(joint[order], dense, rtol=1e-12, atol=1e-12)
+        square = sk.gram(kind, params, jnp.asarray(grid), jnp.asarray(grid), order)
+        np.testing.assert_allclose(toeplitz[order], square, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="order must be 0, 1 or 2"):
+        sk.kernels(kind, params, jnp.zeros(2), (0, 3))
+
+
 @pytest.mark.parametrize(
     ("kind", "oracle"), [("matern", gpjax.kernels.Matern52), ("se", gpjax.kernels.RBF)]
 )

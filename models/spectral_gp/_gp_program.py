@@ -180,12 +180,13 @@ def evidence_model(
         if latent_noise:
             sites["log_noise"] = numpyro.sample("log_noise", dist.Normal(noise_loc, 3.0))
             numpyro.deterministic("noise_std", jnp.exp(sites["log_noise"]))
-        physics, rows = solve.normal_equations(model, sites, inputs)
-        kparams = model.kernel_params(sites)
-        chols, _ = model.factors(kparams)
+        system = solve.dense_system(model, sites, inputs)
+        physics, rows = system.physics, system.data
         if "query" in inputs:
             cond = evidence.conditional(solve.with_rows(physics, rows))
-            weights, interp = solve.sensor_weights(model, kparams, chols, inputs["query"])
+            weights, interp = solve.sensor_weights(
+                model, system.kparams, system.chols, inputs["query"]
+            )
             k1, k2 = jax.random.split(numpyro.prng_key())
             z = evidence.draw(cond, k1, model.grid)
             noise = jnp.sqrt(interp) * jax.random.normal(k2, interp.shape, interp.dtype)
@@ -193,8 +194,8 @@ def evidence_model(
         else:
             cond = evidence.data_evidence(physics, rows)
             numpyro.factor("evidence", cond.log_evidence)
-            weights, _ = solve.sensor_weights(model, kparams, chols, inputs["sensor_points"])
-            numpyro.deterministic("u", observe.observe(weights, cond.z_mean.reshape(model.grid)))
+            z_mean = cond.z_mean.reshape(model.grid)
+            numpyro.deterministic("u", observe.observe(system.sensor_weights, z_mean))
 
     return fn
 

@@ -196,8 +196,26 @@ def normal_equations(model, sites: dict, inputs: dict) -> tuple[NormalEquations,
     :math:`\otimes_j L_j`) are formed densely. The residual block equals
     :func:`normal_from_system` of ``linear_system(..., physics_only=True)``, and
     :func:`with_rows` of both that of ``linear_system(...)``."""
+    system = dense_system(model, sites, inputs)
+    return system.physics, system.data
+
+
+class DenseSystem(NamedTuple):
+    """:func:`normal_equations` with the pieces it was built from, for reuse: the kernel
+    parameters, the per-axis Cholesky factors and the sensors' whitened weights (``None``
+    without sensors)."""
+
+    physics: NormalEquations
+    data: DataRows
+    kparams: tuple
+    chols: list
+    sensor_weights: list | None
+
+
+def dense_system(model, sites: dict, inputs: dict) -> DenseSystem:
+    """:func:`normal_equations` and the factors it used (:class:`DenseSystem`)."""
     kparams = model.kernel_params(sites)
-    chols, operators = model.factors(kparams)
+    chols = model.covariance_factors(kparams)
     params = model.pde_params(sites)
     coeffs = residual_coefficients(model, params)
     whitened = model.whitened_operators(kparams, chols)
@@ -205,7 +223,7 @@ def normal_equations(model, sites: dict, inputs: dict) -> tuple[NormalEquations,
     log_tau2 = sites["log_tau2"]
     tau2 = jnp.exp(log_tau2)
     source = inputs["source"]
-    offset = model.grid_residual(operators, jnp.zeros(model.grid, source.dtype), source, params)
+    offset = model.residual_offset(source, params)
     gtg = tau2 * sum(
         coeffs[k]
         * coeffs[l]
@@ -232,6 +250,7 @@ def normal_equations(model, sites: dict, inputs: dict) -> tuple[NormalEquations,
         rows.append(scale_b * _kron.kron_dense(chols)[boundary])
         ys.append(scale_b * inputs["boundary_values"])
         log_scale = log_scale + boundary.shape[0] * jnp.log(scale_b)
+    weights = None
     if "sensor_points" in inputs:
         weights, interp = sensor_weights(model, kparams, chols, inputs["sensor_points"])
         inv_sd = sensor_scale(sites, inputs, interp)
@@ -244,7 +263,7 @@ def normal_equations(model, sites: dict, inputs: dict) -> tuple[NormalEquations,
     size = gtg.shape[0]
     g = jnp.concatenate(rows) if rows else jnp.zeros((0, size), gtg.dtype)
     y = jnp.concatenate(ys) if ys else jnp.zeros((0,), gtg.dtype)
-    return physics, DataRows(g, y, log_scale)
+    return DenseSystem(physics, DataRows(g, y, log_scale), kparams, chols, weights)
 
 
 def residual_coefficients(model, params: dict) -> Array:

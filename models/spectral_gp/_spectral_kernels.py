@@ -68,25 +68,35 @@ def envelope(kind: str, r: Array, ell: Array, order: int) -> Array:
     :math:`\gamma'' = -\tfrac{a^2}{3}(1 + as - a^2 s^2)e^{-as}`. SE: :math:`\gamma = e^{-r^2/2\ell^2}`,
     :math:`\gamma' = -r\gamma/\ell^2`, :math:`\gamma'' = (r^2/\ell^4 - 1/\ell^2)\gamma`.
     """
+    _check_order(order)
+    return envelopes(kind, r, ell, order)[order]
+
+
+def envelopes(kind: str, r: Array, ell: Array, max_order: int) -> list[Array]:
+    """The envelope's derivatives of orders ``0..max_order`` (at most 2), sharing the
+    exponential and the scaled lag between them (:func:`envelope` gives the formulas)."""
     if ENVELOPE[kind] == "matern":
         a = jnp.sqrt(5.0) / ell
         s = jnp.abs(r)
         e = jnp.exp(-a * s)
-        if order == 0:
-            return (1.0 + a * s + (a * s) ** 2 / 3.0) * e
-        if order == 1:
-            return -(a**2) / 3.0 * r * (1.0 + a * s) * e
-        if order == 2:
-            return -(a**2) / 3.0 * (1.0 + a * s - (a * s) ** 2) * e
+        out = [
+            lambda: (1.0 + a * s + (a * s) ** 2 / 3.0) * e,
+            lambda: -(a**2) / 3.0 * r * (1.0 + a * s) * e,
+            lambda: -(a**2) / 3.0 * (1.0 + a * s - (a * s) ** 2) * e,
+        ]
     else:
         g = jnp.exp(-0.5 * (r / ell) ** 2)
-        if order == 0:
-            return g
-        if order == 1:
-            return -r / ell**2 * g
-        if order == 2:
-            return (r**2 / ell**4 - 1.0 / ell**2) * g
-    raise ValueError(f"kernel derivative order must be 0, 1 or 2, got {order}")
+        out = [
+            lambda: g,
+            lambda: -r / ell**2 * g,
+            lambda: (r**2 / ell**4 - 1.0 / ell**2) * g,
+        ]
+    return [term() for term in out[: max_order + 1]]
+
+
+def _check_order(order: int) -> None:
+    if order not in (0, 1, 2):
+        raise ValueError(f"kernel derivative order must be 0, 1 or 2, got {order}")
 
 
 def kernel(kind: str, params: KernelParams, r: Array, order: int = 0) -> Array:
@@ -106,21 +116,31 @@ def kernel(kind: str, params: KernelParams, r: Array, order: int = 0) -> Array:
     Returns:
         Array of ``r``'s shape.
     """
+    return kernels(kind, params, r, (order,))[order]
+
+
+def kernels(kind: str, params: KernelParams, r: Array, orders) -> dict[int, Array]:
+    """:func:`kernel` for several derivative ``orders`` at the same lags, from one
+    evaluation of the envelopes and the cosine (a gram matrix and its derivative operators
+    share one pass over the lags: a smaller program to compile and less work)."""
+    orders = sorted(set(orders))
+    for order in orders:
+        _check_order(order)
     w = jnp.exp(params.eta)
     ell = jnp.exp(params.log_ell)
     rq = r[..., None]
-    gam = [envelope(kind, rq, ell, m) for m in range(order + 1)]
+    gam = envelopes(kind, rq, ell, orders[-1])
     if kind not in MIXTURES:
-        return jnp.sum(w * gam[order], axis=-1)
+        return {m: jnp.sum(w * gam[m], axis=-1) for m in orders}
     omega = 2.0 * jnp.pi * params.mu
-    c, s = jnp.cos(omega * rq), jnp.sin(omega * rq)
-    if order == 0:
-        terms = gam[0] * c
-    elif order == 1:
-        terms = gam[1] * c - gam[0] * omega * s
-    else:
-        terms = gam[2] * c - 2.0 * gam[1] * omega * s - gam[0] * omega**2 * c
-    return jnp.sum(w * terms, axis=-1)
+    c = jnp.cos(omega * rq)
+    s = jnp.sin(omega * rq) if orders[-1] > 0 else None
+    terms = {
+        0: lambda: gam[0] * c,
+        1: lambda: gam[1] * c - gam[0] * omega * s,
+        2: lambda: gam[2] * c - 2.0 * gam[1] * omega * s - gam[0] * omega**2 * c,
+    }
+    return {m: jnp.sum(w * terms[m](), axis=-1) for m in orders}
 
 
 def gram(kind: str, params: KernelParams, x1: Array, x2: Array, order: int = 0) -> Array:
@@ -138,13 +158,21 @@ def lattice_gram(
     gathering is ~``n/4`` times less work, and its reverse pass a scatter-add instead of a
     pass over every pair (most of a midpoint-collocation step's cost otherwise).
     """
+    return lattice_grams(kind, params, x1, x2, (order,))[order]
+
+
+def lattice_grams(
+    kind: str, params: KernelParams, x1: np.ndarray, x2: np.ndarray, orders
+) -> dict[int, Array]:
+    """:func:`lattice_gram` for several derivative ``orders`` (:func:`kernels`)."""
     lags = np.subtract.outer(np.asarray(x1, np.float64), np.asarray(x2, np.float64))
     scale = float(np.abs(lags).max()) or 1.0
     _, first, inverse = np.unique(
         np.round(lags.ravel() / scale * 1e12), return_index=True, return_inverse=True
     )
-    values = kernel(kind, params, jnp.asarray(lags.ravel()[first]), order)
-    return values[inverse.reshape(lags.shape)]
+    values = kernels(kind, params, jnp.asarray(lags.ravel()[first]), orders)
+    index = inverse.reshape(lags.shape)
+    return {m: v[index] for m, v in values.items()}
 
 
 def toeplitz_gram(kind: str, params: KernelParams, n: int, spacing: float, order: int = 0) -> Array:
@@ -154,10 +182,18 @@ def toeplitz_gram(kind: str, params: KernelParams, n: int, spacing: float, order
     cosines per entry) is evaluated on ``2n - 1`` lags instead of ``n^2`` pairs and gathered;
     this is most of a 1-D step's cost otherwise.
     """
+    return toeplitz_grams(kind, params, n, spacing, (order,))[order]
+
+
+def toeplitz_grams(
+    kind: str, params: KernelParams, n: int, spacing: float, orders
+) -> dict[int, Array]:
+    """:func:`toeplitz_gram` for several derivative ``orders`` (:func:`kernels`); the lags
+    include 0, so order 0 there also gives the prior variance ``k(0)`` (entry ``[0, 0]``)."""
     lags = jnp.arange(-(n - 1), n) * spacing
-    values = kernel(kind, params, lags, order)
+    values = kernels(kind, params, lags, orders)
     index = jnp.arange(n)[:, None] - jnp.arange(n)[None, :] + (n - 1)
-    return values[index]
+    return {m: v[index] for m, v in values.items()}
 
 
 def default_params(

@@ -275,44 +275,45 @@ class SpectralGP:
             return tuple(np.linspace(a[0], a[-1], 2 * a.size - 1) for a in self.axes())
         return self.axes()
 
+    def covariance_factors(self, kparams: tuple[sk.KernelParams, ...]) -> list[Array]:
+        """Per-axis Cholesky factors ``L_j`` of the grid covariance (jitter included)."""
+        return [
+            self._cholesky(p, sk.toeplitz_gram(self.kernel, p, n, h), n)
+            for n, h, p in zip(self.grid, self.spacings(), kparams, strict=True)
+        ]
+
+    def _cholesky(self, p: sk.KernelParams, gram: Array, n: int) -> Array:
+        c = gram + self.jitter * sk.kernel(self.kernel, p, jnp.zeros(())) * jnp.eye(n)
+        return cholesky(c, lower=True)
+
     def factors(self, kparams: tuple[sk.KernelParams, ...]):
         r"""Cholesky factors ``L_j`` and derivative operators ``{m: D_j^(m) C_j^-1}`` per axis.
 
         :math:`D^{(m)}_{ik} = \partial^m k(x'_i, x_k)` from the grid to the collocation
         points :math:`x'` (:meth:`collocation_axes`); on the grid itself order 0 is the
-        identity and is left out.
+        identity and is left out. Each axis evaluates its kernel once for every order.
         """
         on_grid = self.collocation != "midpoints"
-        needed = [
-            {
-                m
-                for name in self.pde.derivatives
-                for m in [_kron.orders_from_name(name, self.pde.coords)[j]]
-                if m or not on_grid
-            }
-            for j in range(len(self.grid))
-        ]
         chols, operators = [], []
-        for n, h, p, orders, x, xc in zip(
-            self.grid,
-            self.spacings(),
-            kparams,
-            needed,
-            self.axes(),
-            self.collocation_axes(),
-            strict=True,
+        for j, (n, h, p, x, xc) in enumerate(
+            zip(
+                self.grid,
+                self.spacings(),
+                kparams,
+                self.axes(),
+                self.collocation_axes(),
+                strict=True,
+            )
         ):
-            c = sk.toeplitz_gram(self.kernel, p, n, h)
-            c = c + self.jitter * sk.kernel(self.kernel, p, jnp.zeros(())) * jnp.eye(n)
-            chol = cholesky(c, lower=True)
+            orders = {o[j] for o in self.derivative_orders() if o[j] or not on_grid}
+            if on_grid:
+                grams = sk.toeplitz_grams(self.kernel, p, n, h, orders | {0})
+                chol = self._cholesky(p, grams[0], n)
+            else:
+                chol = self._cholesky(p, sk.toeplitz_gram(self.kernel, p, n, h), n)
+                grams = sk.lattice_grams(self.kernel, p, xc, x, orders) if orders else {}
             chols.append(chol)
-
-            def cross(m, n=n, h=h, p=p, x=x, xc=xc):
-                if on_grid:
-                    return sk.toeplitz_gram(self.kernel, p, n, h, m)
-                return sk.lattice_gram(self.kernel, p, xc, x, m)
-
-            operators.append({m: _kron.derivative_operator(cross(m), chol) for m in orders})
+            operators.append({m: _kron.derivative_operator(grams[m], chol) for m in orders})
         return chols, operators
 
     def derivative_orders(self) -> list[tuple[int, ...]]:
@@ -327,12 +328,13 @@ class SpectralGP:
         for j, (p, chol) in enumerate(zip(kparams, chols, strict=True)):
             orders = {o[j] for o in self.derivative_orders()}
             ops = {}
-            for m in orders:
-                if m == 0 and self.collocation != "midpoints":
-                    ops[m] = chol
-                    continue
-                cross = sk.lattice_gram(self.kernel, p, colloc[j], axes[j], m)
-                ops[m] = solve_triangular(chol, cross.T, lower=True).T
+            if 0 in orders and self.collocation != "midpoints":
+                ops[0] = chol
+                orders.discard(0)
+            if orders:
+                grams = sk.lattice_grams(self.kernel, p, colloc[j], axes[j], orders)
+                for m in sorted(orders):
+                    ops[m] = solve_triangular(chol, grams[m].T, lower=True).T
             out.append(ops)
         return out
 
@@ -346,6 +348,15 @@ class SpectralGP:
             name: _kron.grid_derivative(operators, _kron.orders_from_name(name, self.pde.coords), u)
             for name in self.pde.derivatives
         }
+        return self._residual(derivs, source, params)
+
+    def residual_offset(self, source: Array, params: dict) -> Array:
+        """:meth:`grid_residual` at ``u = 0`` (the affine residual's constant term), without
+        the derivative operators: every derivative of zero is zero."""
+        zero = jnp.zeros(source.shape, source.dtype)
+        return self._residual({name: zero for name in self.pde.derivatives}, source, params)
+
+    def _residual(self, derivs: dict, source: Array, params: dict) -> Array:
         if isinstance(self.pde, AbstractManufacturedPDE):
             derivs["f"] = source
             return self.pde.residual(derivs, params)
