@@ -54,6 +54,9 @@ class MapFitter:
         fit: the optimiser settings (the verdict's ``lbfgs_tol`` is the caller's to use).
         shard, sequential: the layout (:func:`~ucsciml.inference._chains.map_chains`).
         chunks: chunks per phase.
+        end_checks: compute :func:`~ucsciml.optimize.end_point_checks` at the end points
+            (one more compiled program, a Hessian-vector product); ``False`` returns
+            ``None`` for them, for a caller that forms the Hessian there anyway.
 
     Call ``fitter(z0, args, desc=..., progress=...)`` with starts and arguments that have a
     leading fit axis; it returns ``(z, losses (fits, steps), end_checks (fits, 2))``.
@@ -69,6 +72,7 @@ class MapFitter:
         shard: bool = True,
         sequential: bool = False,
         chunks: int = CHUNKS,
+        end_checks: bool = True,
     ):
         self.num_fits = num_fits
         self.phases = []
@@ -95,13 +99,18 @@ class MapFitter:
                     (map_chains(_chunk(cores, length, steps), num_fits, shard, sequential)),
                 )
             )
-        self._checks = map_chains(
-            lambda a: end_point_checks(make_potential(a[1]), a[0]), num_fits, shard, sequential
+        self._checks = (
+            map_chains(
+                lambda a: end_point_checks(make_potential(a[1]), a[0]), num_fits, shard, sequential
+            )
+            if end_checks
+            else None
         )
 
     def executables(self) -> list:
         """The compiled functions this fitter holds (for compile-budget checks)."""
-        return [f for _, start, chunk in self._compiled for f in (start, chunk)] + [self._checks]
+        checks = [self._checks] if self._checks is not None else []
+        return [f for _, start, chunk in self._compiled for f in (start, chunk)] + checks
 
     def __call__(
         self,
@@ -146,7 +155,8 @@ class MapFitter:
                     bar.update(count * self.num_fits)
                 z = state[0]
                 offset += steps
-        return z, jnp.asarray(losses), self._checks((z, args))
+        checks = self._checks((z, args)) if self._checks is not None else None
+        return z, jnp.asarray(losses), checks
 
     def _resume(self, checkpoint, z0, args):
         """``(state, losses, steps done, phase index)`` of the latest usable checkpoint of

@@ -21,6 +21,7 @@ from ucsciml.inference._chains import chain_keys, tile
 from ucsciml.inference._map import ProgramSignature, check_continuous, family_of
 from ucsciml.inference._mapfit import MapFitter
 from ucsciml.inference._mapfit_settings import MAPFit, fold_legacy, legacy, map_field, settings_of
+from ucsciml.optimize import hessian_checks
 from ucsciml.posterior import Posterior
 from ucsciml.program import Program
 from ucsciml.provenance import provenance
@@ -175,7 +176,9 @@ class Laplace:
             checkpoint=self._slot(program, key),
         )
         log.info("Laplace: %s Hessian of %d dimensions at %d mode(s)", mode_of, dim, num_modes)
-        constrained, eigenvalues, variance = core.finish(draw_key, modes, *data)
+        constrained, eigenvalues, variance, checks = core.finish(draw_key, modes, *data)
+        if grads is None:  # a full Hessian: the end-point checks come from it
+            grads = checks
         # Host copies: iterating a device array slices it element by element.
         losses, eigenvalues = np.asarray(losses), np.asarray(eigenvalues)
         final = losses[:, -1].astype(float)
@@ -225,7 +228,8 @@ class _LaplaceCore(NamedTuple):
 
     starts: Callable  # (keys (M,), inputs, targets) -> flat starts (M, d)
     fitter: MapFitter  # (starts, tiled (inputs, targets)) -> (modes, losses, end checks)
-    finish: Callable  # (draw key, modes, inputs, targets) -> (draws, eigenvalues, variance)
+    # (draw key, modes, inputs, targets) -> (draws, eigenvalues, variance, end checks or None)
+    finish: Callable
 
 
 @functools.lru_cache(maxsize=16)
@@ -255,7 +259,7 @@ def _laplace_core(signature, fit, num_modes, form, num_samples, floor) -> _Lapla
 
     def finish(draw_key, modes, inputs, targets):
         potential_fn = flat_potential((inputs, targets))
-        precisions = jax.lax.map(lambda m: _precision(potential_fn, m, form), modes)
+        precisions, gradients = jax.lax.map(lambda m: _precision(potential_fn, m, form), modes)
         draw = functools.partial(_gaussian_draws, num_samples=num_samples, floor=floor)
         if num_modes == 1:
             out = jax.tree.map(lambda x: x[None], draw(draw_key, modes[0], precisions[0]))
@@ -269,18 +273,20 @@ def _laplace_core(signature, fit, num_modes, form, num_samples, floor) -> _Lapla
         constrained = jax.tree.map(
             lambda v: v.reshape(num_modes, num_samples, *v.shape[1:]), constrained
         )
-        return constrained, eigenvalues, variance
+        checks = jax.vmap(hessian_checks)(gradients, precisions) if form == "full" else None
+        return constrained, eigenvalues, variance, checks
 
     return _LaplaceCore(
         starts=jax.jit(jax.vmap(start, in_axes=(0, None, None))),
-        fitter=MapFitter(flat_potential, num_modes, fit, shard=False),
+        fitter=MapFitter(flat_potential, num_modes, fit, shard=False, end_checks=form != "full"),
         finish=jax.jit(finish),
     )
 
 
 def _precision(flat_potential, mode: jax.Array, form: str) -> jax.Array:
     """The full Hessian ``(d, d)``, or its exact diagonal ``(d,)``, from one Hessian-vector
-    product (forward over reverse) per unit vector.
+    product (forward over reverse) per unit vector, and the gradient at ``mode`` (the
+    products' primal output).
 
     ``jax.hessian`` would vmap all ``d`` directions at once; for a PINN, whose potential
     already holds nested derivatives at every collocation point, that needs memory ``d``
@@ -291,16 +297,19 @@ def _precision(flat_potential, mode: jax.Array, form: str) -> jax.Array:
     if form == "full":
 
         def column(unit):
-            return jax.jvp(grad, (mode,), (unit,))[1]
+            return jax.jvp(grad, (mode,), (unit,))
 
         eye = jnp.eye(mode.shape[0], dtype=mode.dtype)
-        return jax.lax.map(column, eye, batch_size=32)
+        gradients, columns = jax.lax.map(column, eye, batch_size=32)
+        return columns, gradients[0]
 
     def diagonal_entry(i):
         unit = jnp.zeros_like(mode).at[i].set(1.0)
-        return jax.jvp(grad, (mode,), (unit,))[1][i]
+        g, column = jax.jvp(grad, (mode,), (unit,))
+        return column[i], g
 
-    return jax.lax.map(diagonal_entry, jnp.arange(mode.shape[0]), batch_size=64)
+    entries, gradients = jax.lax.map(diagonal_entry, jnp.arange(mode.shape[0]), batch_size=64)
+    return entries, gradients[0]
 
 
 def _gaussian_draws(key, mode, precision, num_samples, floor):

@@ -54,6 +54,27 @@ def test_newton_decrease_is_half_the_squared_sd_offset_on_a_gaussian():
         assert grad == pytest.approx(0.3 / float(s[axis]), rel=1e-3)
 
 
+def test_checks_from_a_dense_hessian_equal_the_hessian_vector_product_checks():
+    # A correlated quadratic away from its minimum: both forms read the same gradient and
+    # the same curvature g'Hg, one from a Hessian-vector product, one from the dense H.
+    from ucsciml.optimize import end_point_checks, hessian_checks
+
+    a = jnp.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 4.0]])
+    m = jnp.array([0.1, -0.4, 0.7])
+
+    def potential(z):
+        d = z - m
+        return 0.5 * d @ a @ d
+
+    z = jnp.array([0.5, 0.2, -0.3])
+    via_hvp = np.asarray(end_point_checks(potential, z))
+    dense = np.asarray(hessian_checks(jax.grad(potential)(z), jax.hessian(potential)(z)))
+    np.testing.assert_allclose(dense, via_hvp, rtol=1e-6)
+    g = np.asarray(a @ (z - m))
+    assert dense[0] == pytest.approx(np.max(np.abs(g)), rel=1e-6)
+    assert dense[1] == pytest.approx((g @ g) ** 2 / (2 * g @ np.asarray(a) @ g), rel=1e-5)
+
+
 def test_loss_change_decides_without_gradient():
     # Window 10 of 100 steps: last-window mean 1.0 vs 1.0 + 1e-3 before, relative 1e-3.
     trace = np.concatenate([np.full(80, 2.0), np.full(10, 1.001), np.full(10, 1.0)])

@@ -158,6 +158,16 @@ def end_point_checks(loss_fn: Callable[[PyTree], jax.Array], z: PyTree) -> jax.A
     worst = jnp.max(jnp.array([jnp.max(jnp.abs(g)) for g in leaves]))
     g2 = sum(jnp.vdot(g, g) for g in leaves)
     curvature = sum(jnp.vdot(g, h) for g, h in zip(leaves, jax.tree.leaves(hvp), strict=True))
+    return _checks(worst, g2, curvature)
+
+
+def hessian_checks(grad: jax.Array, hessian: jax.Array) -> jax.Array:
+    """:func:`end_point_checks` from a flat gradient and the dense Hessian already formed
+    there (a Laplace fit's): no Hessian-vector product to compile a second time."""
+    return _checks(jnp.max(jnp.abs(grad)), jnp.vdot(grad, grad), grad @ hessian @ grad)
+
+
+def _checks(worst: jax.Array, g2: jax.Array, curvature: jax.Array) -> jax.Array:
     decrease = jnp.where(curvature > 0, g2**2 / (2.0 * curvature), jnp.inf)
     decrease = jnp.where(g2 == 0, 0.0, decrease)
     out = jnp.stack([worst, decrease])
