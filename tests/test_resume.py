@@ -134,9 +134,11 @@ def test_checkpointing_changes_no_draw_and_compiles_nothing_more(tmp_path):
 
     for name, backend in BACKENDS.items():
         plain = backend.run(program(), jax.random.key(3))
+        again = program()
+        again.sites()  # a new program's one abstract trace of its sites; nothing compiles
         with compilations() as events:
             saved = dataclasses.replace(backend, checkpoint_dir=str(tmp_path / name)).run(
-                program(), jax.random.key(3)
+                again, jax.random.key(3)
             )
         assert events[TRACE] == events[COMPILE] == 0, (name, dict(events))
         # Checkpointed NUTS samples in 20 chunks, the plain run in one call: same draws.

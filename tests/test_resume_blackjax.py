@@ -111,9 +111,11 @@ def test_blackjax_killed_after_warmup_resumes_without_redoing_it(tmp_path):
 
 def test_blackjax_checkpointing_changes_no_draw_and_compiles_nothing_more(tmp_path):
     plain = BLACKJAX.run(program(), jax.random.key(3))
+    again = program()
+    again.sites()  # a new program's one abstract trace of its sites; nothing compiles
     with compilations() as events:
         saved = dataclasses.replace(BLACKJAX, checkpoint_dir=str(tmp_path)).run(
-            program(), jax.random.key(3)
+            again, jax.random.key(3)
         )
     assert events[TRACE] == events[COMPILE] == 0, dict(events)
     # Checkpointed sampling runs in 20 chunks of the plain run's one executable: same draws.
