@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
+from tqdm.auto import tqdm
 
 from ucsciml import checkpoint
 from ucsciml._types import PRNGKey
@@ -58,7 +59,8 @@ class NUTS:
             that land in different modes stay there, and R-hat says so).
         map: each chain's MAP fit with ``init="map"`` (:class:`~ucsciml.inference.MAPFit`;
             default 2000 Adam steps at 1e-2, then 200 L-BFGS steps).
-        progress_bar: show progress (NumPyro engine).
+        progress_bar: show progress bars: the MAP fits and sampling in chunks (both
+            engines; BlackJAX's warm-up is one call, its bar fills when it ends).
         shard: split chains across devices when there are several and they divide the
             chains; ``False`` vmaps every chain on one device.
         sample_sites: latent sites to sample; every other latent site is held at the MAP of
@@ -257,7 +259,9 @@ class NUTS:
             tile(program.targets, self.num_chains),
         )
         slot = self._slot("nuts", program, key, init_params)
-        samples, infos, lp, step_size = _sample_blackjax(sampler, args, slot)
+        samples, infos, lp, step_size = _sample_blackjax(
+            sampler, args, slot, progress=self.progress_bar
+        )
         stats = _blackjax_stats(infos, lp, step_size, self.max_tree_depth)
         return {k: np.asarray(v) for k, v in samples.items()}, stats
 
@@ -499,17 +503,18 @@ def _blackjax_sampler(
     )
 
 
-def _sample_blackjax(sampler: BlackJAXSampler, args, slot) -> tuple:
-    """Run ``sampler`` on ``args``; with a checkpoint ``slot`` warm-up's carry is saved
-    (``<prefix>-warmup.npz``) and sampling runs in :data:`CHUNKS` calls of the same
-    executable, saving the carry after each (``<prefix>-sample.npz``); a later call with the
-    same slot continues from the furthest checkpoint and draws what an uninterrupted run does."""
-    if slot is None:
-        return sampler(args)
+def _sample_blackjax(sampler: BlackJAXSampler, args, slot, *, progress: bool = False) -> tuple:
+    """Run ``sampler`` on ``args``. With a checkpoint ``slot`` warm-up's carry is saved
+    (``<prefix>-warmup.npz``) and a later call with the same slot continues from the furthest
+    checkpoint (``<prefix>-sample.npz``). With ``progress`` (or a slot) sampling runs in
+    :data:`CHUNKS` calls of the same executable, with a progress bar (and a checkpoint)
+    between them; warm-up is one compiled call, so its bar fills when it ends. Chunked or not,
+    the draws are those of an uninterrupted run."""
     keys, _, inputs, targets = args
     total = sampler.num_samples
+    chains = f"{keys.shape[0]} chain{'s' if keys.shape[0] > 1 else ''}"
     carry, done = None, 0
-    if slot.path("sample").exists() or slot.path("warmup").exists():
+    if slot is not None and (slot.path("sample").exists() or slot.path("warmup").exists()):
         # The template is traced only to resume, so a fresh checkpointed run traces nothing
         # that a plain run does not.
         like = sampler.carry_shapes(args)
@@ -523,17 +528,37 @@ def _sample_blackjax(sampler: BlackJAXSampler, args, slot) -> tuple:
                 carry = restored.state
                 log.info("NUTS resumes from %s: warm-up done", slot.path("warmup"))
     if carry is None:
-        carry = sampler.warmup(args)
-        jax.block_until_ready(carry)
-        slot.save("warmup", carry, 0)
-    length = -(-total // CHUNKS)
-    # Chunk boundaries stay at multiples of ``length`` after a resume.
-    for start in range(done, total, length):
-        stop = min(start + length, total)
-        carry = sampler.run_steps(carry, keys, inputs, targets, start, stop)
-        jax.block_until_ready(carry)
-        slot.save("sample", carry, stop)
+        with _bar(1, f"NUTS warm-up ({chains}, one compiled call)", progress, unit="call") as bar:
+            carry = sampler.warmup(args)
+            jax.block_until_ready(carry)
+            bar.update(1)
+        if slot is not None:
+            slot.save("warmup", carry, 0)
+    chunked = progress or slot is not None
+    length = -(-total // CHUNKS) if chunked else total
+    with _bar(total, f"NUTS ({chains})", progress, initial=done) as bar:
+        # Chunk boundaries stay at multiples of ``length`` after a resume.
+        for start in range(done, total, length):
+            stop = min(start + length, total)
+            carry = sampler.run_steps(carry, keys, inputs, targets, start, stop)
+            jax.block_until_ready(carry)
+            if slot is not None:
+                slot.save("sample", carry, stop)
+            bar.update(stop - start)
     return sampler.finish((carry, inputs, targets))
+
+
+def _bar(total: int, desc: str, progress: bool, *, initial: int = 0, unit: str = "step"):
+    """The progress bar of a BlackJAX phase, styled as the NumPyro engine's."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        disable=not progress or None,
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def _fixed_sites(program: Program, sample_sites: tuple[str, ...]) -> list[str]:

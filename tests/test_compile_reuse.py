@@ -159,6 +159,12 @@ SMALL = {
         ),
         _program,
     ),
+    "nuts-blackjax-progress": (
+        inference.NUTS(
+            engine="blackjax", num_warmup=20, num_samples=20, num_chains=1, progress_bar=True
+        ),
+        _program,
+    ),
 }
 
 
@@ -215,6 +221,16 @@ def test_numpyro_engine_draws_are_numpyro_mcmc_draws():
     np.testing.assert_array_equal(
         ours.sample_stats["n_steps"], mcmc.get_extra_fields(group_by_chain=True)["num_steps"]
     )
+
+
+@pytest.mark.parametrize("engine", ["numpyro", "blackjax"])
+def test_the_progress_bar_changes_no_draw(engine):
+    # With a bar, sampling runs in 20 calls of the one executable: the draws of one call.
+    settings = dict(engine=engine, num_warmup=30, num_samples=40, num_chains=2)
+    plain = inference.NUTS(progress_bar=False, **settings).run(_program(0), jax.random.key(4))
+    shown = inference.NUTS(progress_bar=True, **settings).run(_program(0), jax.random.key(4))
+    np.testing.assert_array_equal(plain.samples["beta"], shown.samples["beta"])
+    np.testing.assert_array_equal(plain.sample_stats["n_steps"], shown.sample_stats["n_steps"])
 
 
 REPLICATES = inference.NUTS(
