@@ -142,6 +142,15 @@ def test_an_optimiser_stopped_early_gets_a_warning_verdict(unseen):
     assert any("ensemble members: 4 of 4 did NOT converge" in m for m in diag.messages)
     assert diag.optimization and not diag.optimization[0]["converged"]
     assert "NOT CONVERGED" in diag.to_text()
+    assert diag.converged is False and diag.to_dict()["converged"] is False
+
+
+def test_a_converged_optimisation_makes_a_non_mcmc_posterior_converged(unseen):
+    program = unseen[0]
+    fitted = inference.DeepEnsemble(num_members=2, map=MAPFit(adam_steps=500, lbfgs_steps=300))
+    diag = check(fitted.run(program, jax.random.key(0)).to_datatree())
+    assert diag.optimization and all(v["converged"] for v in diag.optimization), diag.messages
+    assert diag.verdict == "n/a" and diag.converged is True
 
 
 @pytest.mark.parametrize(

@@ -77,9 +77,16 @@ class Diagnostics:
     optimization: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     @property
-    def converged(self) -> bool:
-        """True only for MCMC whose every check passed."""
-        return self.kind == "mcmc" and self.verdict == "pass"
+    def converged(self) -> bool | None:
+        """MCMC: every mixing and sampler check passed (and every optimisation that decides
+        the draws converged). Other kinds, where no mixing check applies: every optimisation
+        that made the draws converged; ``None`` when such a posterior records no optimisation,
+        so nothing could be judged."""
+        if self.kind == "mcmc":
+            return self.verdict == "pass"
+        if not self.optimization:
+            return None
+        return self.verdict == "n/a"
 
     def to_dict(self) -> dict[str, Any]:
         return {
