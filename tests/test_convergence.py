@@ -16,7 +16,7 @@ from conftest import exact_regression_posterior, regression_model
 
 import ucsciml as uq
 from ucsciml import inference
-from ucsciml.convergence import combine, judge, verdicts_of
+from ucsciml.convergence import MIN_STOCHASTIC_STEPS, combine, judge, verdicts_of
 from ucsciml.diagnostics import check
 from ucsciml.inference import MAPFit
 
@@ -91,6 +91,20 @@ def test_stochastic_noise_alone_does_not_fail_but_a_trend_does():
     assert judge(noise, phase="vi", rtol=1e-6, stochastic=True)["converged"]
     trend = noise - np.linspace(0.0, 50.0, 2000)
     assert not judge(trend, phase="vi", rtol=1e-3, stochastic=True)["converged"]
+
+
+def test_a_stochastic_trace_too_short_to_judge_is_not_called_converged():
+    # 40 noisy steps: two windows of 4 points cannot tell a trend from the noise, and the
+    # slope-minus-3-SE rule would read them as flat (converged). Too short: not converged.
+    rng = np.random.default_rng(1)
+    short = 100.0 - np.linspace(0.0, 2.0, 40) + rng.normal(size=40)
+    verdict = judge(short, phase="ANP fit", rtol=1e-3, stochastic=True)
+    assert not verdict["converged"] and verdict["failed"] == 1
+    assert "too short to judge (40 steps" in verdict["message"]
+    enough = 100.0 + rng.normal(size=MIN_STOCHASTIC_STEPS)
+    assert judge(enough, phase="ANP fit", rtol=1e-3, stochastic=True)["converged"]
+    # A deterministic trace of the same length is judged by its loss change, as before.
+    assert judge(np.full(40, 1.0), phase="fit", rtol=1e-3)["converged"]
 
 
 def test_non_finite_fits_fail_and_are_counted():

@@ -48,6 +48,10 @@ GTOL = 1e-3
 DTOL = 5e-3
 #: Fraction of the steps in the final window.
 WINDOW = 0.1
+#: Fewest steps of a stochastic loss that can be judged: two final windows of 10 points,
+#: the least over which a slope is told from the noise at all. A shorter trace is reported
+#: as not converged (too short to judge), never as converged.
+MIN_STOCHASTIC_STEPS = 100
 
 
 def judge(
@@ -88,8 +92,8 @@ def judge(
         ``{"phase", "converged", "fits", "failed", "relative_change", "grad_norm",
         "decrease", "rtol", "gtol", "dtol", "stochastic", "decisive", "message"}``; the
         measures are the worst over fits (``grad_norm`` and ``decrease`` are ``None`` when
-        not measured). A failed verdict is
-        also logged as a warning.
+        not measured). A stochastic loss of fewer than :data:`MIN_STOCHASTIC_STEPS` steps
+        is too short to judge and fails. A failed verdict is also logged as a warning.
 
     Raises:
         ValueError: for an empty trace or mismatched gradient norms.
@@ -114,6 +118,9 @@ def judge(
             )
         grads, decrease = checks[:, 0], checks[:, 1]
         ok = finite & ((grads <= gtol) | (decrease <= dtol))
+    short = stochastic and end_checks is None and traces.shape[1] < MIN_STOCHASTIC_STEPS
+    if short:
+        ok = np.zeros_like(ok)
     failed = int((~ok).sum())
     worst_change = float(np.nanmax(np.where(np.isfinite(change), change, np.inf)))
     worst_grad = None if grads is None else _worst(grads)
@@ -132,7 +139,8 @@ def judge(
         "stochastic": bool(stochastic),
         "decisive": bool(decisive),
     }
-    verdict["message"] = _message(verdict, int((~finite).sum()), hint)
+    steps = int(traces.shape[1]) if short else None
+    verdict["message"] = _message(verdict, int((~finite).sum()), hint, steps)
     if failed:
         (log.warning if decisive else log.info)("%s", verdict["message"])
     return verdict
@@ -216,8 +224,15 @@ def _relative_change(
     return max(0.0, abs(slope) - 3.0 * slope_se) * window / scale
 
 
-def _message(verdict: dict[str, Any], nonfinite: int, hint: str) -> str:
+def _message(verdict: dict[str, Any], nonfinite: int, hint: str, short: int | None) -> str:
     phase, fits, failed = verdict["phase"], verdict["fits"], verdict["failed"]
+    if short is not None:
+        return (
+            f"{phase}: {'the fits are' if fits > 1 else 'the fit is'} too short to judge "
+            f"({short} steps of a stochastic loss; at least {MIN_STOCHASTIC_STEPS} are needed "
+            f"to tell a trend from the noise), so NOT CONVERGED is assumed. "
+            f"{hint[0].upper() + hint[1:]}."
+        )
     grad, change = verdict["grad_norm"], verdict["relative_change"]
     if grad is None:
         measured = f"loss change over the last window {change:.2g}, rtol {verdict['rtol']:.2g}"
