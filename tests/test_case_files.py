@@ -2,7 +2,8 @@
 
 Each case keeps its model family, PDE, data source and backend; only sizes shrink (sensors,
 networks, steps, draws, grids), so this walks the whole path of every case file: config
-validation, data generation, fit, diagnostics, run directory, report.
+validation, data generation, fit, diagnostics, run directory, report (opened in headless
+Chromium, which must log no console error).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import render_in_chromium
 
 from ucsciml import registry
 from ucsciml.config import resolve_config
@@ -91,6 +93,7 @@ def test_case_file_runs_tiny(path, tmp_path):
     assert metrics["warnings"] == []
     assert "posterior" in load(run / "posterior.nc").children
     assert result.metrics["case"] == raw["case"]["name"]
+    render_in_chromium(run / "report.html", tmp_path)  # opens with no console errors
     # an unknown key in the case's model table is refused
     bad = copy.deepcopy(raw)
     bad["model"]["no_such_setting"] = 1
