@@ -158,6 +158,27 @@ def test_program_sites_and_bad_input():
         model.compile(data)
 
 
+def test_the_program_starts_at_its_fit_with_the_priors_density():
+    from numpyro.infer.util import log_density
+
+    model = _heat_model(grid=(8, 6), fit_steps=5, fit_lbfgs_steps=0)
+    program = model.compile(synthetic_sensors(model.pde, 20, 0.01, 0))
+    fitted = program.attrs["fitted"]
+    # Seeded draws (and so init_to_sample) return the fit, whatever the key.
+    for key in (0, 1):
+        trace = program.trace(jax.random.key(key))
+        for name in ("kappa", "log_tau2"):
+            np.testing.assert_allclose(trace[name]["value"], fitted[name], rtol=1e-12)
+    # The density is the priors': the same log joint as the model without the start.
+    latent_noise = "sensor_noise" not in program.inputs
+    plain = gp_program.evidence_model(model, None, latent_noise, 0.0)
+    started = gp_program.evidence_model(model, None, latent_noise, 0.0, start=fitted)
+    values = {**_sites(model), "kappa": jnp.asarray(0.13), "log_tau2": jnp.asarray(3.0)}
+    ours = log_density(started, (program.inputs,), {}, values)[0]
+    ref = log_density(plain, (program.inputs,), {}, values)[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-12)
+
+
 def test_a_pde_that_claims_linearity_falsely_is_refused():
     @dataclasses.dataclass(frozen=True, eq=False)
     class Squared(Poisson1D):
