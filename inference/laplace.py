@@ -184,8 +184,9 @@ class Laplace:
         final = losses[:, -1].astype(float)
         _check_finite(final)
         floored = (eigenvalues < self.min_eigenvalue).sum(axis=-1).tolist()
+        negative = (eigenvalues < 0).sum(axis=-1).tolist()
         min_eig = eigenvalues.min(axis=-1).astype(float).tolist()
-        _log_floored(floored, min_eig, dim, self.min_eigenvalue)
+        _log_floored(floored, negative, min_eig, dim, self.min_eigenvalue)
         best = int(np.nanargmin(np.where(np.isfinite(final), final, np.nan)))
         optimization = {
             "objective": "negative log joint (unconstrained)",
@@ -196,6 +197,7 @@ class Laplace:
             "dimension": dim,
             "floored_eigenvalues": sum(floored),
             "floored_eigenvalues_per_mode": floored,
+            "negative_eigenvalues_per_mode": negative,
             "min_eigenvalue": float(np.min(min_eig)),
             "min_eigenvalue_per_mode": min_eig,
             "trace_every": max(1, -(-losses.shape[1] // 200)),
@@ -360,27 +362,39 @@ def _check_finite(final: np.ndarray) -> None:
         )
 
 
-def _log_floored(floored: list[int], min_eig: list[float], dim: int, floor: float) -> None:
+def _log_floored(
+    floored: list[int], negative: list[int], min_eig: list[float], dim: int, floor: float
+) -> None:
+    """Warn when eigenvalues were floored, telling a saddle (negative: stopped short of a
+    minimum) from flat directions (small positive: the data and prior barely constrain them,
+    so the floor sets their spread)."""
+    meaning = (
+        "negative ones mean the fit stopped near a saddle (more map.adam_steps/map.lbfgs_steps "
+        "may help); small positive ones are directions the data and prior barely constrain, "
+        f"whose sd the floor caps at {floor**-0.5:.3g} (min_eigenvalue)"
+    )
     if len(floored) == 1 and floored[0]:
         log.warning(
-            "Laplace: %d of %d Hessian eigenvalues were below %g (smallest %.3g) and were "
-            "replaced by max(|eigenvalue|, floor): the fit stopped near a saddle or flat "
-            "direction; more map.adam_steps/map.lbfgs_steps may help",
+            "Laplace: %d of %d Hessian eigenvalues were below %g (%d negative, smallest "
+            "%.3g) and were replaced by max(|eigenvalue|, floor): %s",
             floored[0],
             dim,
             floor,
+            negative[0],
             min_eig[0],
+            meaning,
         )
     elif len(floored) > 1 and any(floored):
         log.warning(
             "Laplace: Hessian eigenvalues below %g (of %d per mode) were replaced by "
-            "max(|eigenvalue|, floor) in %d of %d modes (counts per mode %s, smallest %.3g): "
-            "those fits stopped near a saddle or flat direction; more map.adam_steps or "
-            "map.lbfgs_steps may help",
+            "max(|eigenvalue|, floor) in %d of %d modes (counts per mode %s, negative %s, "
+            "smallest %.3g): %s",
             floor,
             dim,
             sum(1 for n in floored if n),
             len(floored),
             floored,
+            negative,
             min(min_eig),
+            meaning,
         )

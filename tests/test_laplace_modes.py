@@ -168,3 +168,25 @@ def test_non_finite_modes_warn_unless_all_are(caplog):
         _check_finite(np.array([np.nan, np.inf]))
     with pytest.raises(FloatingPointError, match="lower map.learning_rate"):
         _check_finite(np.array([np.nan]))
+
+
+def _flat_direction(inputs, targets=None):
+    # "flat": a wide prior and no data (curvature 1e-4, below the floor); "x": data.
+    numpyro.sample("flat", dist.Normal(0.0, 100.0))
+    x = numpyro.sample("x", dist.Normal(0.0, 1.0))
+    numpyro.sample("y", dist.Normal(x, 0.1), obs=targets)
+
+
+def test_floored_eigenvalues_count_their_negative_ones_and_cap_flat_directions(caplog):
+    program = uq.Program.from_numpyro(_flat_direction, jnp.zeros(()), jnp.asarray(0.3))
+    backend = inference.Laplace(map=MAPFit(adam_steps=200, lbfgs_steps=50), num_samples=400)
+    with caplog.at_level(logging.WARNING, logger="ucsciml.inference.laplace"):
+        posterior = backend.run(program, jax.random.key(0))
+    assert "1 of 2 Hessian eigenvalues were below 1 (0 negative" in caplog.text
+    assert "barely constrain" in caplog.text
+    opt = posterior.attrs["optimization"]
+    assert opt["floored_eigenvalues_per_mode"] == [1] and opt["negative_eigenvalues_per_mode"] == [
+        0
+    ]
+    # The floored direction's sd is capped at 1/sqrt(floor) = 1 (the prior's 100 is not seen).
+    assert np.std(posterior.samples["flat"]) == pytest.approx(1.0, rel=0.15)
