@@ -26,6 +26,22 @@ def test_from_numpyro_rejects_unknown_site_names(regression):
         uq.Program.from_numpyro(program.fn, program.inputs, program.targets, network_sites=("w",))
 
 
+def _temperature_model(x, targets=None):
+    k = numpyro.sample("k", dist.Normal(0.0, 1.0))
+    T = numpyro.deterministic("T", k * x)
+    numpyro.sample("y", dist.Normal(T, 0.1), obs=targets)
+
+
+def test_the_field_site_is_declared_or_defaults_to_u(regression):
+    program, *_ = regression
+    assert program.field_site is None  # no site "u": no field to predict on a grid
+    x = jnp.linspace(0.0, 1.0, 4)
+    named = uq.Program.from_numpyro(_temperature_model, x, x, field_site="T")
+    assert named.field_site == "T"
+    with pytest.raises(ValueError, match=r"never creates.*\['T', 'k', 'y'\]"):
+        uq.Program.from_numpyro(_temperature_model, x, x, field_site="u")
+
+
 def test_query_needs_a_function_for_structured_inputs():
     def model(inputs, targets=None):
         a = numpyro.sample("a", dist.Normal())
@@ -58,6 +74,7 @@ def test_bpinn_compiles_with_dims_for_every_site():
     missing = [s for s in sites if s not in program.dims and trace[s]["value"].ndim > 0]
     assert not missing, f"sites without dims: {missing}"
     assert program.physical_sites() == ("lambda1",)
+    assert program.field_site == "u"  # its solution field, by default
     assert set(program.network_sites) == {"w0", "b0", "w1", "b1", "w2", "b2"}
     assert program.inputs["collocation"].shape == (50, 2)
     assert program.query(np.zeros((4, 2)))["collocation"] is None

@@ -305,9 +305,10 @@ def test_held_out_scores_use_the_scored_field_when_several_are_observed():
 
     values = {"u": np.array([1.0, 2.0, 3.0]), "v": np.array([-1.0, -2.0, -3.0])}
     data = uq.data.sensors(values=values, noise_std=0.1, x=np.zeros(3), y=np.ones(3))
-    np.testing.assert_array_equal(_scored_observations(data), values["u"])
+    np.testing.assert_array_equal(_scored_observations(data, "u"), values["u"])
+    np.testing.assert_array_equal(_scored_observations(data, "v"), values["v"])
     single = uq.data.sensors(u=values["v"], x=np.zeros(3))
-    np.testing.assert_array_equal(_scored_observations(single), values["v"])
+    np.testing.assert_array_equal(_scored_observations(single, "u"), values["v"])
 
 
 def test_mc_dropout_runs_are_calibrated_by_map_refits_of_the_plain_network(tmp_path):

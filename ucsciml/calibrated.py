@@ -91,13 +91,14 @@ def calibrate_run(
         refit_backend: a backend with ``fit_replicates(program, targets, key)``.
         data_fit: the sensors the posterior was fitted to.
         data_holdout: held-out sensors, or ``None``.
-        prediction: field draws on the evaluation grid with ``u_true``
+        prediction: field draws on the evaluation grid with ``<field>_true``
             (:func:`ucsciml.runner.field_prediction`), or ``None``.
         seed: the data seed (replicate noise is drawn from it).
         key: PRNG key for the refits.
     """
     metrics: dict[str, Any] = {"method": settings.method, "level": settings.level}
     groups: dict[str, xr.Dataset] = {}
+    field = posterior.program.field_site or "u"  # the PDE observable that is scored
     sd_at_holdout = None
     if settings.method == "replicates":
         kept, best_misfit = _draws_that_fit(settings, posterior, data_fit, key)
@@ -123,17 +124,18 @@ def calibrate_run(
         )
         groups["calibrated_posterior"] = calibrated_draws
         if prediction is not None:
-            field, sd_grid = _field_calibration(fits, prediction, kept, pde, key)
-            metrics["field"] = field
-            cal_ds["u_sd"] = (tuple(prediction["u_true"].dims), sd_grid)
-            cal_ds = cal_ds.assign_coords(prediction["u_true"].coords)
+            truth = prediction[f"{field}_true"]
+            scores, sd_grid = _field_calibration(fits, prediction, field, kept, pde, key)
+            metrics["field"] = scores
+            cal_ds[f"{field}_sd"] = (tuple(truth.dims), sd_grid)
+            cal_ds = cal_ds.assign_coords(truth.coords)
         if data_holdout is not None:
-            sd_at_holdout = _calibrated_sd_at(fits, posterior, pde, data_holdout, kept, key)
+            sd_at_holdout = _calibrated_sd_at(fits, posterior, field, pde, data_holdout, kept, key)
         groups["calibration"] = cal_ds
     if data_holdout is not None:
         kept_all = kept if settings.method == "replicates" else None
         metrics["holdout"] = _holdout_scores(
-            settings, posterior, data_holdout, prediction, sd_at_holdout, kept_all, key
+            settings, posterior, field, data_holdout, prediction, sd_at_holdout, kept_all, key
         )
     summary = xr.Dataset(attrs={"method": settings.method, "level": settings.level})
     groups.setdefault("calibration", summary).attrs.update(_scalar_scores(metrics))
@@ -269,7 +271,7 @@ def _replicate_round(settings, pde, program, backend, data_fit, theta, count, se
     targets = (
         {f"{k}_obs": v for k, v in repeated.items()}
         if isinstance(program.targets, Mapping)
-        else repeated["u"]
+        else repeated[program.field_site or "u"]
     )
     log.info(
         "calibration: refitting %d replicate datasets (%d fits each) simulated at %s",
@@ -421,10 +423,10 @@ def _kept_moments(draws: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.n
     return flat.mean(0), flat.std(0)
 
 
-def _field_calibration(rounds, prediction, kept, pde, key):
+def _field_calibration(rounds, prediction, field, kept, pde, key):
     """Calibrated pointwise field sd on the evaluation grid and its scores vs the truth."""
-    raw = prediction["u"]
-    dims = tuple(prediction["u_true"].dims)
+    raw = prediction[field]
+    dims = tuple(prediction[f"{field}_true"].dims)
     mean, sd_raw = _kept_moments(raw.values, kept)
     points = np.stack(
         [m.ravel() for m in np.meshgrid(*(prediction[d].values for d in dims), indexing="ij")],
@@ -433,10 +435,10 @@ def _field_calibration(rounds, prediction, kept, pde, key):
     errors = []
     for index, fits in enumerate(rounds):
         pred_k = fits["posterior"].predict(
-            points, jax.random.fold_in(key, 11 + index), sites=("u",)
+            points, jax.random.fold_in(key, 11 + index), sites=(field,)
         )
-        fields = _replicate_fields(fits, pred_k["u"].values[0]).reshape(-1, *mean.shape)
-        truth = pde.solve_observables(points, fits["theta"])["u"].reshape(mean.shape)
+        fields = _replicate_fields(fits, pred_k[field].values[0]).reshape(-1, *mean.shape)
+        truth = pde.solve_observables(points, fits["theta"])[field].reshape(mean.shape)
         errors.append(fields - truth)
     errors = np.concatenate(errors)
     sd = rep.field_sd(errors, 0.0, sd_raw)
@@ -444,7 +446,7 @@ def _field_calibration(rounds, prediction, kept, pde, key):
     pred = xr.DataArray(
         draws[None], dims=("chain", "draw", *dims), coords={d: raw[d] for d in dims}
     )
-    scores = calibration.summary(pred, prediction["u_true"])
+    scores = calibration.summary(pred, prediction[f"{field}_true"])
     scores["mean_width_90"] = scores["sharpness_90"]
     moving = sd_raw > 0  # points a hard constraint pins have no spread to inflate
     scores["inflation_median"] = (
@@ -453,33 +455,34 @@ def _field_calibration(rounds, prediction, kept, pde, key):
     return scores, sd
 
 
-def _calibrated_sd_at(rounds, posterior, pde, data, kept, key) -> np.ndarray:
+def _calibrated_sd_at(rounds, posterior, field, pde, data, kept, key) -> np.ndarray:
     points = sensor_data.points(data)
-    raw = posterior.predict(points, jax.random.fold_in(key, 17), sites=("u",))["u"].values
+    raw = posterior.predict(points, jax.random.fold_in(key, 17), sites=(field,))[field].values
     errors = []
     for index, fits in enumerate(rounds):
-        reps = fits["posterior"].predict(points, jax.random.fold_in(key, 13 + index), sites=("u",))
-        truth = pde.solve_observables(points, fits["theta"])["u"]
-        errors.append(_replicate_fields(fits, reps["u"].values[0]) - truth)
+        key_r = jax.random.fold_in(key, 13 + index)
+        reps = fits["posterior"].predict(points, key_r, sites=(field,))
+        truth = pde.solve_observables(points, fits["theta"])[field]
+        errors.append(_replicate_fields(fits, reps[field].values[0]) - truth)
     return rep.field_sd(np.concatenate(errors), 0.0, _kept_moments(raw, kept)[1])
 
 
-def _scored_observations(data: xr.Dataset) -> np.ndarray:
-    """The held-out sensors' values of the scored field ``u`` (the first observable, e.g.
-    the x-velocity of a stream-function PDE, when several are observed)."""
+def _scored_observations(data: xr.Dataset, field: str) -> np.ndarray:
+    """The held-out sensors' values of the scored field (e.g. ``u``, the x-velocity of a
+    stream-function PDE, when several observables are observed)."""
     values = sensor_data.observations(data)
     if values.ndim == 1:
         return values
-    return values[:, sensor_data.observed_names(data).index("u")]
+    return values[:, sensor_data.observed_names(data).index(field)]
 
 
-def _holdout_scores(settings, posterior, data, prediction, sd_calibrated, kept, key) -> dict:
+def _holdout_scores(settings, posterior, field, data, prediction, sd_calibrated, kept, key) -> dict:
     """Coverage of held-out noisy sensors (raw, replicate-calibrated) and the variance-scaling
     recalibration fitted on them, applied to the field on the grid."""
     points = sensor_data.points(data)
-    y = _scored_observations(data)
+    y = _scored_observations(data, field)
     noise = sensor_data.noise_std(data)
-    draws = posterior.predict(points, jax.random.fold_in(key, 19), sites=("u",))["u"].values
+    draws = posterior.predict(points, jax.random.fold_in(key, 19), sites=(field,))[field].values
     if kept is None:
         kept = np.ones(draws.shape[0] * draws.shape[1], dtype=bool)
     mean, sd = _kept_moments(draws, kept)
@@ -493,15 +496,15 @@ def _holdout_scores(settings, posterior, data, prediction, sd_calibrated, kept, 
     if sd_calibrated is not None:
         out["coverage_calibrated"] = rep.interval_coverage(mean, sd_calibrated, y, noise, level)
     if prediction is not None and scale > 0:
-        raw = prediction["u"]
+        raw = prediction[field]
         grid_mean, grid_sd = _kept_moments(raw.values, kept)
         grid_sd = grid_sd * scale
         z = np.random.default_rng(2).standard_normal((FIELD_DRAWS, *grid_mean.shape))
         pred = xr.DataArray(
             (grid_mean + grid_sd * z)[None],
-            dims=("chain", "draw", *prediction["u_true"].dims),
-            coords={d: raw[d] for d in prediction["u_true"].dims},
+            dims=("chain", "draw", *prediction[f"{field}_true"].dims),
+            coords={d: raw[d] for d in prediction[f"{field}_true"].dims},
         )
-        out["field_recalibrated"] = calibration.summary(pred, prediction["u_true"])
+        out["field_recalibrated"] = calibration.summary(pred, prediction[f"{field}_true"])
     out["z"] = float(stats.norm.ppf(0.5 + level / 2))
     return out

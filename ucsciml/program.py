@@ -52,6 +52,9 @@ class Program:
             diagnostics because permutation symmetry makes their R-hat meaningless.
         name: a short label for reports.
         attrs: extra facts for reports (e.g. ``{"truth": {"lambda1": 1.0}}``), JSON-able.
+        field_site: the site that is the solution field: ``ucsciml run`` predicts it on the
+            evaluation grid and scores it against the PDE's observable of the same name
+            (default ``"u"`` when the model has a ``u`` site, else none).
         field_fn: optional ``(sample, points) -> (n,)`` field of one posterior draw
             (``sample``: latent site values) at ``(n, d)`` points, differentiable in the points;
             used by :mod:`ucsciml.physics` for PDE residuals at new points.
@@ -69,6 +72,7 @@ class Program:
     name: str = "program"
     attrs: Mapping[str, Any] = field(default_factory=dict)
     field_fn: Callable[[Mapping[str, Any], Any], Any] | None = None
+    field_site: str | None = None
 
     def __post_init__(self):
         if not callable(self.fn):
@@ -94,7 +98,11 @@ class Program:
             )
         if not self.predict_sites:
             object.__setattr__(self, "predict_sites", self.observed)
-        missing = [s for s in (*self.network_sites, *self.predict_sites) if s not in trace]
+        if self.field_site is None and "u" in trace:
+            object.__setattr__(self, "field_site", "u")
+        field_sites = (self.field_site,) if self.field_site else ()
+        named = (*self.network_sites, *self.predict_sites, *field_sites)
+        missing = [s for s in named if s not in trace]
         if missing:
             raise ValueError(
                 f"Program names sites {missing} that the model never creates; "
@@ -117,6 +125,7 @@ class Program:
         name: str = "numpyro",
         attrs: Mapping[str, Any] | None = None,
         field_fn: Callable[[Mapping[str, Any], Any], Any] | None = None,
+        field_site: str | None = None,
     ) -> Program:
         """Wrap a user-written NumPyro model ``fn(inputs, targets=None)`` as a Program.
 
@@ -128,8 +137,8 @@ class Program:
             coords: coordinate values per dim.
             query: ``points -> inputs`` for prediction; when ``inputs`` is a single array,
                 the default uses the points themselves as inputs.
-            observed, predict_sites, network_sites, name, attrs, field_fn: see the class
-                attributes.
+            observed, predict_sites, network_sites, name, attrs, field_fn, field_site: see
+                the class attributes.
 
         Example:
             >>> import numpyro, numpyro.distributions as dist, jax.numpy as jnp
@@ -154,6 +163,7 @@ class Program:
             name=name,
             attrs=dict(attrs or {}),
             field_fn=field_fn,
+            field_site=field_site,
         )
 
     def query(self, points: np.ndarray) -> PyTree:

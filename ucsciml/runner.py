@@ -210,7 +210,7 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     previous = _reusable_tree(posterior_path, ihash, inputs) if resume else None
     stored = None
     if previous is not None and _lacks_weights(previous, program):
-        stored = _stored_prediction(previous)
+        stored = _stored_prediction(previous, program.field_site)
         if settings is not None or stored is None:
             log.info(
                 "resume: %s holds no network weights ([output] save_network_weights = "
@@ -242,7 +242,11 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         prediction = stored
     else:
         prediction = field_prediction(posterior, pde, grid, field_key, truth=known)
-    scored = prediction if prediction is not None and "u_true" in prediction else None
+    scored = (
+        prediction
+        if prediction is not None and f"{field_name(prediction)}_true" in prediction
+        else None
+    )
     metrics = {
         "case": cfg["case"]["name"],
         "backend": backend_name,
@@ -421,44 +425,56 @@ def parameter_table(tree: xr.DataTree, pde: AbstractPDE) -> dict[str, dict[str, 
 def field_prediction(
     posterior: Posterior, pde: AbstractPDE, grid: list[int], key, *, truth: bool = True
 ) -> xr.Dataset | None:
-    """Predictive draws of ``u`` on the evaluation grid, with the true field when it is known.
+    """Predictive draws of the program's field site (``Program.field_site``, e.g. ``u``) on the
+    evaluation grid, with the true field when it is known.
 
     Args:
         truth: score against the PDE's reference solution (``False`` for file data, whose
             field the reference solution does not describe).
 
     Returns:
-        ``Dataset`` with ``u`` ``(chain, draw, *coords)`` and, where the PDE has a reference
-        solution and ``truth``, ``u_true`` ``(*coords)``, the grid's coordinate values
-        attached; ``None`` when the PDE has neither a reference solution nor a way to
-        predict ``u`` off the data.
+        ``Dataset`` with the field ``(chain, draw, *coords)`` and, where the PDE has a
+        reference solution and ``truth``, ``<field>_true`` ``(*coords)``, the grid's
+        coordinate values attached; ``None`` when the program has no field site, or the PDE
+        has neither a reference solution nor a way to predict the field off the data.
     """
+    field = posterior.program.field_site
+    if field is None:
+        return None
     points = evaluation_grid(pde, grid)
     reference = None
     if truth:
         try:
-            # The first observable is the scored field: u itself, or the x-velocity for a
-            # stream-function PDE (site "u" in both cases).
-            reference = pde.solve_observables(points)["u"]
-        except (NotImplementedError, ValueError):
+            # The scored field is the PDE's observable named as the program's field site: u
+            # itself, or the x-velocity of a stream-function PDE (observable "u").
+            reference = pde.solve_observables(points)[field]
+        except (NotImplementedError, ValueError, KeyError):
             return None
-    pred = posterior.predict(points, key, sites=("u",))["u"].values
+    pred = posterior.predict(points, key, sites=(field,))[field].values
     sizes = [int(n) for n in grid]
     coords = {c: np.linspace(*pde.domain[c], n) for c, n in zip(pde.coords, sizes, strict=True)}
     dims = tuple(pde.coords)
-    data = {"u": (("chain", "draw", *dims), pred.reshape(*pred.shape[:2], *sizes))}
+    data = {field: (("chain", "draw", *dims), pred.reshape(*pred.shape[:2], *sizes))}
     if reference is not None:
-        data["u_true"] = (dims, np.asarray(reference).reshape(sizes))
+        data[f"{field}_true"] = (dims, np.asarray(reference).reshape(sizes))
     return xr.Dataset(data, coords=coords)
+
+
+def field_name(prediction: xr.Dataset) -> str:
+    """The field's name in a :func:`field_prediction` dataset (its one variable that is not
+    a ``<name>_true`` truth)."""
+    (name,) = [str(v) for v in prediction.data_vars if not str(v).endswith("_true")]
+    return name
 
 
 def with_predictions(tree: xr.DataTree, prediction: xr.Dataset) -> xr.DataTree:
     """The tree with ``predictions`` (field draws) and, when known, the true field in
     ``predictions_constant_data``."""
     tree = tree.copy()
-    tree["predictions"] = xr.DataTree(prediction[["u"]])
-    if "u_true" in prediction:
-        tree["predictions_constant_data"] = xr.DataTree(prediction[["u_true"]])
+    field = field_name(prediction)
+    tree["predictions"] = xr.DataTree(prediction[[field]])
+    if f"{field}_true" in prediction:
+        tree["predictions_constant_data"] = xr.DataTree(prediction[[f"{field}_true"]])
     return tree
 
 
@@ -479,12 +495,10 @@ def field_metrics(
         prediction = field_prediction(posterior, pde, grid, key)
     if prediction is None:
         return {}
-    scores = calibration.summary(prediction["u"], prediction["u_true"])
-    return {
-        **scores,
-        "mean_width_90": scores["sharpness_90"],
-        "grid_points": int(prediction["u_true"].size),
-    }
+    field = field_name(prediction)
+    truth = prediction[f"{field}_true"]
+    scores = calibration.summary(prediction[field], truth)
+    return {**scores, "mean_width_90": scores["sharpness_90"], "grid_points": int(truth.size)}
 
 
 def _write_report(tree: xr.DataTree, path: Path) -> str | None:
@@ -548,16 +562,18 @@ def _lacks_weights(tree: xr.DataTree, program) -> bool:
     return not set(program.latent_sites()) <= saved
 
 
-def _stored_prediction(tree: xr.DataTree) -> xr.Dataset | None:
+def _stored_prediction(tree: xr.DataTree, field: str | None) -> xr.Dataset | None:
     """The field on the evaluation grid as a saved tree holds it (``predictions`` and, when
     known, ``predictions_constant_data``), as :func:`field_prediction` returns it."""
-    if "predictions" not in tree.children or "u" not in tree["predictions"].data_vars:
+    if field is None or "predictions" not in tree.children:
         return None
-    prediction = tree["predictions"].to_dataset()[["u"]]
+    if field not in tree["predictions"].data_vars:
+        return None
+    prediction = tree["predictions"].to_dataset()[[field]]
     if "predictions_constant_data" in tree.children:
         truth = tree["predictions_constant_data"].to_dataset()
-        if "u_true" in truth:
-            prediction = prediction.assign(u_true=truth["u_true"])
+        if f"{field}_true" in truth:
+            prediction = prediction.assign({f"{field}_true": truth[f"{field}_true"]})
     return prediction
 
 
