@@ -27,8 +27,8 @@ import time
 def _program():
     from ucsciml.cli import case_path
     from ucsciml.config import build, load_case
+    from ucsciml.data import synthetic_sensors
     from ucsciml.program import compile as compile_program
-    from ucsciml.runner import synthetic_sensors
 
     cfg = load_case(case_path(None))
     pde = build(cfg["pde"], "pde")

@@ -23,9 +23,9 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
+from ucsciml.data import synthetic_sensors  # noqa: E402
 from ucsciml.models.spectral_gp import SpectralGP, fit_sensors  # noqa: E402
 from ucsciml.pde.heat import Heat  # noqa: E402
-from ucsciml.runner import synthetic_sensors  # noqa: E402
 
 
 def run(n: int, steps: int, precondition: bool) -> float:

@@ -21,9 +21,9 @@ import numpyro.distributions as dist
 
 import ucsciml as uq
 from ucsciml import inference, models
+from ucsciml.data import synthetic_sensors
 from ucsciml.inference._chains import chain_keys
 from ucsciml.inference._map import fit_map, potential_family
-from ucsciml.runner import synthetic_sensors
 
 
 def _program():

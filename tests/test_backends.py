@@ -347,9 +347,9 @@ def test_runner_points_vi_at_run_dir_checkpoints(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_pinn():
+    from ucsciml.data import synthetic_sensors
     from ucsciml.models.bpinn import BayesianPINN
     from ucsciml.pde.burgers import Burgers
-    from ucsciml.runner import synthetic_sensors
 
     pde = Burgers(
         lambda1=uq.Unknown(dist.Normal(1.0, 0.5), truth=1.0),

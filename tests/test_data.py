@@ -71,7 +71,7 @@ def test_load_errors(tmp_path):
 
 
 def test_initial_boundary_placement_puts_sensors_on_faces():
-    from ucsciml.runner import synthetic_sensors
+    from ucsciml.data import synthetic_sensors
 
     pde = uq.pde.Burgers(lambda1=1.0, lambda2=0.01 / np.pi)
     ds = synthetic_sensors(pde, 400, 0.0, seed=1, placement="initial_boundary")

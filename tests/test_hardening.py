@@ -72,7 +72,7 @@ grid = [64, 32]  # the field's predictions then exceed MIN_COMPRESSED_BYTES
 
 def _heat_csv(path: Path, seed: int = 0, n: int = 30) -> Path:
     pde = uq.pde.Heat(kappa=0.1)
-    ds = runner.synthetic_sensors(pde, n, 0.01, seed)
+    ds = uq.data.synthetic_sensors(pde, n, 0.01, seed)
     return uq.data.save(ds, path)
 
 

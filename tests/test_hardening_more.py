@@ -888,9 +888,7 @@ def case_files(draw) -> tuple[bytes, bytes]:
 
 
 def _good_csv() -> bytes:
-    from ucsciml import runner
-
-    ds = runner.synthetic_sensors(uq.pde.Heat(kappa=0.1), 20, 0.01, 0)
+    ds = uq.data.synthetic_sensors(uq.pde.Heat(kappa=0.1), 20, 0.01, 0)
     buffer = io.StringIO()
     columns = ["x", "t", "u", "noise_std"]
     table = np.stack([np.asarray(ds[c].values) for c in columns], axis=-1)

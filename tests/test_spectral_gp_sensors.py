@@ -12,6 +12,7 @@ import pytest
 from jax.scipy.stats import multivariate_normal as mvn
 
 from ucsciml import data as sensor_data
+from ucsciml.data import synthetic_sensors
 from ucsciml.models.spectral_gp import SpectralGP, _kron
 from ucsciml.models.spectral_gp import _gp_evidence as evidence
 from ucsciml.models.spectral_gp import _gp_observe as observe
@@ -23,7 +24,6 @@ from ucsciml.pde.burgers import Burgers
 from ucsciml.pde.heat import Heat
 from ucsciml.pde.manufactured import sin_solution
 from ucsciml.pde.poisson import Poisson1D
-from ucsciml.runner import synthetic_sensors
 
 
 @pytest.fixture(autouse=True)

@@ -92,7 +92,7 @@ def calibrate_run(
         data_fit: the sensors the posterior was fitted to.
         data_holdout: held-out sensors, or ``None``.
         prediction: field draws on the evaluation grid with ``<field>_true``
-            (:func:`ucsciml.runner.field_prediction`), or ``None``.
+            (:func:`ucsciml.run_metrics.field_prediction`), or ``None``.
         seed: the data seed (replicate noise is drawn from it).
         key: PRNG key for the refits.
     """

@@ -376,7 +376,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from ucsciml.report import compare_html, compare_runs, compare_text
+    from ucsciml.compare import compare_html, compare_runs, compare_text
 
     for run_dir in map(Path, args.run_dirs):
         if not run_dir.is_dir():

@@ -5,7 +5,8 @@ e.g. velocity components ``u`` and ``v``; attribute ``observed`` lists them), at
 points, the
 points' physical coordinates (``x``, ``t``, ...) as coordinates along ``sensor``, and an
 optional per-sensor ``noise_std``. The coordinate order is kept in the ``coords`` attribute
-so that ``points(ds)`` always stacks the columns the same way.
+so that ``points(ds)`` always stacks the columns the same way. :func:`synthetic_sensors`
+makes such a set from a PDE's reference solution (noisy sensors at random points).
 
 Example:
     >>> import numpy as np, ucsciml as uq
@@ -27,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from ucsciml._io import atomic_write
+from ucsciml.pde.base import AbstractPDE
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +282,51 @@ def save(ds: xr.Dataset, path: str | os.PathLike) -> Path:
             path, lambda p: np.savetxt(p, table, delimiter=",", header=header, comments="")
         )
     raise DataError(f"unknown sensor data file type '{suffix}' for {path}; use .nc or .csv")
+
+
+def synthetic_sensors(
+    pde: AbstractPDE, num_sensors: int, noise: float, seed: int, placement: str = "interior"
+) -> xr.Dataset:
+    """Noisy sensors at uniform random points of the PDE's domain, truth from its solver.
+
+    ``placement="interior"`` spreads the sensors over the whole domain (inverse problems);
+    ``"initial_boundary"`` puts them on the initial slice (``t`` at its lower bound) and on
+    both ends of every other coordinate, each face drawn with probability proportional to
+    its size (forward problems: Raissi et al.'s initial and boundary data).
+    The noise standard deviation is ``noise * std(u)`` over the sensors (Raissi et al.'s
+    convention: ``noise = 0.01`` is "1% noise").
+    """
+    rng = np.random.default_rng(seed)
+    lo = np.array([pde.domain[c][0] for c in pde.coords])
+    hi = np.array([pde.domain[c][1] for c in pde.coords])
+    points = lo + rng.uniform(size=(num_sensors, len(lo))) * (hi - lo)
+    if placement == "initial_boundary":
+        points = _on_faces(points, pde.coords, lo, hi, rng)
+    elif placement != "interior":
+        raise ValueError(f"placement must be 'interior' or 'initial_boundary', got {placement!r}")
+    # One variable per observable (the field itself, or e.g. velocity from a stream function);
+    # one noise level from their pooled spread.
+    values = pde.solve_observables(points)
+    spread = float(np.std(np.concatenate(list(values.values()))))
+    sd = noise * spread if noise > 0 else 1e-6 * max(spread, 1e-12)
+    observed = (
+        {k: v + sd * rng.normal(size=v.shape) for k, v in values.items()} if noise > 0 else values
+    )
+    coords = {c: points[:, i] for i, c in enumerate(pde.coords)}
+    return sensors(values=observed, noise_std=sd, attrs={"noise_fraction": noise}, **coords)
+
+
+def _on_faces(points, coords, lo, hi, rng) -> np.ndarray:
+    """Move each point onto a face of the box: ``t = t_min`` or either end of a space axis."""
+    faces = [(i, lo[i]) for i in range(len(coords))]
+    faces += [(i, hi[i]) for i, c in enumerate(coords) if c != "t"]
+    span = hi - lo
+    sizes = np.array([np.prod(np.delete(span, i)) for i, _ in faces])
+    choice = rng.choice(len(faces), size=points.shape[0], p=sizes / sizes.sum())
+    points = points.copy()
+    for k, (axis, value) in enumerate(faces):
+        points[choice == k, axis] = value
+    return points
 
 
 def _load_netcdf(path: Path) -> xr.Dataset:

@@ -15,6 +15,9 @@ what they need:
   sd, error and 90% coverage maps.
 
 A section that fails to draw says so in the report and in the log; it never aborts the rest.
+
+:func:`table_page` writes one formatted table as a page in the same style (run comparison,
+:mod:`ucsciml.compare`; studies, :mod:`ucsciml.study`).
 """
 
 from __future__ import annotations
@@ -96,6 +99,20 @@ def report(tree: xr.DataTree, path: str | os.PathLike, *, title: str | None = No
 # ------------------------------------------------------------------------------------ sections
 
 
+def table_page(
+    path: str | os.PathLike,
+    title: str,
+    header: list[str],
+    body: list[list[str]],
+    *,
+    notes: list[str] = (),
+) -> Path:
+    """Write one table (cells already formatted) with notes below as an HTML page, atomically."""
+    parts = [f"<h1>{_e(title)}</h1>", _table(header, body)]
+    parts.extend(f"<p>{_e(note)}</p>" for note in notes)
+    return write_text(path, _PAGE.format(title=_e(title), body="\n".join(parts)))
+
+
 def _provenance(tree: xr.DataTree) -> str:
     attrs = tree_attr(tree, "ucsciml_attrs", {}) or {}
     rows = [
@@ -104,7 +121,7 @@ def _provenance(tree: xr.DataTree) -> str:
         ("backend", tree.attrs.get("ucsciml_backend") or attrs.get("backend")),
         ("kind", tree.attrs.get("ucsciml_kind")),
         ("seed", tree.attrs.get("ucsciml_seed")),
-        ("wall time (s)", _num(tree.attrs.get("ucsciml_wall_time_s"))),
+        ("wall time (s)", format_number(tree.attrs.get("ucsciml_wall_time_s"))),
         ("config hash", tree.attrs.get("ucsciml_config_hash")),
         ("created", attrs.get("created_at")),
         ("platform", attrs.get("platform")),
@@ -128,9 +145,13 @@ def _diagnostics(tree: xr.DataTree, diag: diagnostics.Diagnostics) -> str:
     )
     rows = []
     for r in diag.rows:
-        row = [r.name, _num(r.mean), _num(r.sd)]
+        row = [r.name, format_number(r.mean), format_number(r.sd)]
         if mcmc:
-            row += [_num(r.rhat, ".3f"), _num(r.ess_bulk, ".0f"), _num(r.ess_tail, ".0f")]
+            row += [
+                format_number(r.rhat, ".3f"),
+                format_number(r.ess_bulk, ".0f"),
+                format_number(r.ess_tail, ".0f"),
+            ]
         rows.append([*row, _verdict(r.verdict)])
     out = [_table(header, rows, raw_last=True)]
     facts = [f"{diag.kind}: {diag.num_chains} chain(s) × {diag.num_draws} draw(s)"]
@@ -163,9 +184,9 @@ def _diagnostics(tree: xr.DataTree, diag: diagnostics.Diagnostics) -> str:
                         v["phase"],
                         str(v["fits"]),
                         str(v["failed"]),
-                        _num(v.get("decrease")),
-                        _num(v.get("grad_norm")),
-                        _num(v.get("relative_change")),
+                        format_number(v.get("decrease")),
+                        format_number(v.get("grad_norm")),
+                        format_number(v.get("relative_change")),
                         _verdict("pass" if v["converged"] else "warn"),
                     ]
                     for v in diag.optimization
@@ -198,7 +219,7 @@ def _results(tree: xr.DataTree) -> str:
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}.")
             else:
-                shown = _num(value) if isinstance(value, int | float) else str(value)
+                shown = format_number(value) if isinstance(value, int | float) else str(value)
                 rows.append((f"{prefix}{key}", str(value) if isinstance(value, bool) else shown))
 
     walk(numbers)
@@ -223,10 +244,10 @@ def _parameters(tree: xr.DataTree) -> str:
             rows.append(
                 [
                     label,
-                    _num(flat[:, j].mean()),
-                    _num(flat[:, j].std()),
+                    format_number(flat[:, j].mean()),
+                    format_number(flat[:, j].std()),
                     f"[{lo:.4g}, {hi:.4g}]",
-                    _num(t),
+                    format_number(t),
                     inside,
                 ]
             )
@@ -283,10 +304,10 @@ def _replicate_calibration(tree: xr.DataTree) -> str:
                     str(name),
                     f"[{rlo:.4g}, {rhi:.4g}]",
                     f"[{clo:.4g}, {chi:.4g}]",
-                    _num(float(cal.bias.values[i]), "+.3g"),
-                    _num(float(cal.spread.values[i]), ".3g"),
+                    format_number(float(cal.bias.values[i]), "+.3g"),
+                    format_number(float(cal.spread.values[i]), ".3g"),
                     f"×{float(cal.inflation.values[i]):.1f}",
-                    _num(t),
+                    format_number(t),
                     inside,
                 ]
             )
@@ -405,12 +426,12 @@ def _calibration_block(per_point: xr.Dataset, truth) -> str:
     scores = _table(
         ["score", "value"],
         [
-            ["CRPS (mean)", _num(summary["crps"])],
-            ["NLL (mean, KDE)", _num(summary["nll"])],
-            ["rel. L2 of the mean", _num(summary["rel_l2"])],
-            ["sharpness (mean 90% width)", _num(summary["sharpness_90"])],
-            ["miscalibration area", _num(summary["miscalibration_area"])],
-            ["RMSCE", _num(summary["rmsce"])],
+            ["CRPS (mean)", format_number(summary["crps"])],
+            ["NLL (mean, KDE)", format_number(summary["nll"])],
+            ["rel. L2 of the mean", format_number(summary["rel_l2"])],
+            ["sharpness (mean 90% width)", format_number(summary["sharpness_90"])],
+            ["miscalibration area", format_number(summary["miscalibration_area"])],
+            ["RMSCE", format_number(summary["rmsce"])],
         ],
     )
     figure = _figure_or_note(
@@ -581,7 +602,9 @@ def _verdict(v: str) -> str:
     return f"<span class='{cls}'>{_e(v)}</span>"
 
 
-def _num(value, spec: str = ".4g") -> str:
+def format_number(value, spec: str = ".4g") -> str:
+    """``value`` formatted with ``spec``; "–" for a missing or non-finite number, ``str`` of a
+    non-number."""
     if value is None:
         return "–"
     try:
@@ -613,188 +636,3 @@ figure {{ margin: 1em 0; }} figure img {{ max-width: 100%; }} figcaption {{ colo
 <footer><p>Written by ucsciml. Images are embedded; this file needs nothing else to open.</p></footer>
 </body></html>
 """
-
-
-# ------------------------------------------------------------------------------------ compare
-
-
-def compare_runs(run_dirs) -> list[dict]:
-    """One row per run directory: backend, time, parameters, field scores and LOO/ELPD.
-
-    ELPD-LOO comes from ``arviz_stats.loo`` (PSIS) where the tree has a ``log_likelihood``
-    group; ``arviz_stats.compare`` ranks the runs when at least two have one. Nothing is
-    swallowed: a LOO that raised is the row's ``loo_error``, Pareto-k and other warnings are
-    its ``loo_warning``, a ranking that failed is ``compare_error`` on every row; each is
-    logged as a warning and printed by :func:`compare_text`. A run without a
-    ``log_likelihood`` group gets a ``loo_note`` saying so.
-
-    Raises:
-        FileNotFoundError: when a directory or its ``posterior.nc`` is missing.
-        DataError: when ``posterior.nc`` or ``metrics.json`` is unreadable, naming the file.
-    """
-    import warnings
-
-    import arviz_stats as azs
-
-    from ucsciml.rundir import load_metrics, load_tree
-
-    rows, trees = [], {}
-    for run_dir in map(Path, run_dirs):
-        tree = load_tree(run_dir)
-        metrics = load_metrics(run_dir) or {}
-        name = _unique(run_dir.name, [r["run"] for r in rows])
-        row = {
-            "run": name,
-            "path": str(run_dir),
-            "backend": metrics.get("backend") or tree.attrs.get("ucsciml_backend"),
-            "kind": tree.attrs.get("ucsciml_kind"),
-            "wall_time_s": metrics.get("wall_time_s", tree.attrs.get("ucsciml_wall_time_s")),
-            "verdict": (metrics.get("diagnostics") or {}).get("verdict"),
-            "parameters": metrics.get("parameters") or {},
-            "field": metrics.get("field") or {},
-        }
-        if "log_likelihood" in tree.children:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    elpd = azs.loo(tree)
-                    row["elpd_loo"], row["elpd_loo_se"] = float(elpd.elpd), float(elpd.se)
-                    trees[name] = tree
-                except Exception as err:  # arviz raises many types; the row says which
-                    row["loo_error"] = f"{type(err).__name__}: {_first_line(err)}"
-                    log.warning("%s: ELPD-LOO not computed: %s", run_dir, row["loo_error"])
-            if caught:
-                row["loo_warning"] = "; ".join(sorted({str(w.message) for w in caught}))
-                log.warning("%s: LOO warning: %s", run_dir, row["loo_warning"])
-        else:
-            row["loo_note"] = "posterior.nc has no log_likelihood group"
-        rows.append(row)
-    if len(trees) >= 2:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                table = azs.compare(trees)
-            except Exception as err:  # e.g. runs on different data
-                table = None
-                message = f"{type(err).__name__}: {_first_line(err)}"
-                log.warning("LOO ranking not computed: %s", message)
-                for row in rows:
-                    row["compare_error"] = message
-        for row in rows:
-            if table is not None and row["run"] in table.index:
-                row["loo_rank"] = int(table.loc[row["run"], "rank"])
-                row["elpd_diff"] = float(table.loc[row["run"], "elpd_diff"])
-        if caught:
-            notes = "; ".join(sorted({str(w.message) for w in caught}))
-            log.warning("LOO ranking warning: %s", notes)
-            for row in rows:
-                row["compare_warning"] = notes
-    return rows
-
-
-def compare_notes(rows: list[dict]) -> list[str]:
-    """The comparison's warnings and notes, one line each (failed LOO first)."""
-    notes = [
-        f"WARNING: {r['run']}: ELPD-LOO not computed: {r['loo_error']}"
-        for r in rows
-        if r.get("loo_error")
-    ]
-    if rows and rows[0].get("compare_error"):
-        notes.append(f"WARNING: LOO rank not computed: {rows[0]['compare_error']}")
-    notes += [f"{r['run']}: LOO note: {r['loo_warning']}" for r in rows if r.get("loo_warning")]
-    if rows and rows[0].get("compare_warning"):
-        notes.append(f"LOO rank note: {rows[0]['compare_warning']}")
-    notes += [f"{r['run']}: no ELPD-LOO: {r['loo_note']}" for r in rows if r.get("loo_note")]
-    if any("loo_rank" in r for r in rows):
-        notes.insert(0, "LOO rank: 0 = best (arviz-stats compare; same data only).")
-    return notes
-
-
-def compare_text(rows: list[dict]) -> str:
-    """The comparison as a fixed-width terminal table, its notes below."""
-    header, body = _compare_cells(rows)
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
-    lines = ["  ".join(f"{c:<{w}}" for c, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend("  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)) for r in body)
-    return "\n".join(lines + compare_notes(rows))
-
-
-def compare_html(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Write the comparison as a self-contained HTML page."""
-    header, body = _compare_cells(rows)
-    legend = (
-        "Parameters: posterior mean [5%, 95%] (truth). ELPD-LOO: PSIS-LOO expected log "
-        "predictive density of the observed data (higher is better) ± se; LOO rank from "
-        "arviz-stats compare (0 = best; meaningful only between runs on the same data)."
-    )
-    notes = [n for n in compare_notes(rows) if not n.startswith("LOO rank: 0")]
-    return table_page(path, "Run comparison", header, body, notes=[legend, *notes])
-
-
-def table_page(
-    path: str | os.PathLike,
-    title: str,
-    header: list[str],
-    body: list[list[str]],
-    *,
-    notes: list[str] = (),
-) -> Path:
-    """Write one table (cells already formatted) with notes below as an HTML page, atomically."""
-    parts = [f"<h1>{_e(title)}</h1>", _table(header, body)]
-    parts.extend(f"<p>{_e(note)}</p>" for note in notes)
-    return write_text(path, _PAGE.format(title=_e(title), body="\n".join(parts)))
-
-
-def _compare_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    params = []
-    for r in rows:
-        params.extend(p for p in r["parameters"] if p not in params)
-    header = ["run", "backend", "kind", "time (s)", "verdict", *params]
-    header += ["rel. L2", "cov. 90%", "CRPS", "NLL", "ELPD-LOO", "LOO rank"]
-    body = []
-    for r in rows:
-        cells = [
-            r["run"],
-            str(r["backend"]),
-            str(r["kind"]),
-            _num(r["wall_time_s"], ".1f"),
-            str(r["verdict"]),
-        ]
-        for p in params:
-            v = r["parameters"].get(p)
-            if v is None:
-                cells.append("–")
-                continue
-            truth = f" ({v['truth']:.4g})" if v.get("truth") is not None else ""
-            cells.append(f"{v['mean']:.4g} [{v['q05']:.4g}, {v['q95']:.4g}]{truth}")
-        f = r["field"]
-        cov = f.get("coverage_90")
-        cells += [
-            _num(f.get("rel_l2")),
-            "–" if cov is None else f"{100 * cov:.1f}%",
-            _num(f.get("crps")),
-            _num(f.get("nll")),
-            _elpd_cell(r),
-            str(r.get("loo_rank", "–")),
-        ]
-        body.append(cells)
-    return header, body
-
-
-def _elpd_cell(row: dict) -> str:
-    if "elpd_loo" in row:
-        return f"{row['elpd_loo']:.2f} ± {row['elpd_loo_se']:.2f}"
-    return "failed (see below)" if row.get("loo_error") else "–"
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else ""
-
-
-def _unique(name: str, taken: list[str]) -> str:
-    candidate, i = name, 2
-    while candidate in taken:
-        candidate, i = f"{name}-{i}", i + 1
-    return candidate

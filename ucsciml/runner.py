@@ -32,21 +32,26 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import tomli_w
 import xarray as xr
 
-from ucsciml import calibration, diagnostics, distributed, registry, replicates, rundir
 from ucsciml import config as case_config
 from ucsciml import data as sensor_data
+from ucsciml import diagnostics, distributed, registry, replicates, rundir
 from ucsciml._io import file_digest, write_datatree, write_json, write_text
 from ucsciml.calibrated import calibrate_run
 from ucsciml.family_case import family_metrics
-from ucsciml.pde.base import AbstractPDE
 from ucsciml.posterior import Posterior, load, tree_attr, without_network_weights
 from ucsciml.program import compile as compile_program
 from ucsciml.provenance import config_hash, package_versions
 from ucsciml.report import report
+from ucsciml.run_metrics import (
+    field_metrics,
+    field_name,
+    field_prediction,
+    parameter_table,
+    with_predictions,
+)
 
 log = logging.getLogger("ucsciml")
 
@@ -61,60 +66,6 @@ class RunResult:
     run_dir: Path
     metrics: dict[str, Any]
     diagnostics: diagnostics.Diagnostics
-
-
-def synthetic_sensors(
-    pde: AbstractPDE, num_sensors: int, noise: float, seed: int, placement: str = "interior"
-) -> xr.Dataset:
-    """Noisy sensors at uniform random points of the PDE's domain, truth from its solver.
-
-    ``placement="interior"`` spreads the sensors over the whole domain (inverse problems);
-    ``"initial_boundary"`` puts them on the initial slice (``t`` at its lower bound) and on
-    both ends of every other coordinate, each face drawn with probability proportional to
-    its size (forward problems: Raissi et al.'s initial and boundary data).
-    The noise standard deviation is ``noise * std(u)`` over the sensors (Raissi et al.'s
-    convention: ``noise = 0.01`` is "1% noise").
-    """
-    rng = np.random.default_rng(seed)
-    lo = np.array([pde.domain[c][0] for c in pde.coords])
-    hi = np.array([pde.domain[c][1] for c in pde.coords])
-    points = lo + rng.uniform(size=(num_sensors, len(lo))) * (hi - lo)
-    if placement == "initial_boundary":
-        points = _on_faces(points, pde.coords, lo, hi, rng)
-    elif placement != "interior":
-        raise ValueError(f"placement must be 'interior' or 'initial_boundary', got {placement!r}")
-    # One variable per observable (the field itself, or e.g. velocity from a stream function);
-    # one noise level from their pooled spread.
-    values = pde.solve_observables(points)
-    spread = float(np.std(np.concatenate(list(values.values()))))
-    sd = noise * spread if noise > 0 else 1e-6 * max(spread, 1e-12)
-    observed = (
-        {k: v + sd * rng.normal(size=v.shape) for k, v in values.items()} if noise > 0 else values
-    )
-    coords = {c: points[:, i] for i, c in enumerate(pde.coords)}
-    return sensor_data.sensors(
-        values=observed, noise_std=sd, attrs={"noise_fraction": noise}, **coords
-    )
-
-
-def _on_faces(points, coords, lo, hi, rng) -> np.ndarray:
-    """Move each point onto a face of the box: ``t = t_min`` or either end of a space axis."""
-    faces = [(i, lo[i]) for i in range(len(coords))]
-    faces += [(i, hi[i]) for i, c in enumerate(coords) if c != "t"]
-    span = hi - lo
-    sizes = np.array([np.prod(np.delete(span, i)) for i, _ in faces])
-    choice = rng.choice(len(faces), size=points.shape[0], p=sizes / sizes.sum())
-    points = points.copy()
-    for k, (axis, value) in enumerate(faces):
-        points[choice == k, axis] = value
-    return points
-
-
-def evaluation_grid(pde: AbstractPDE, sizes: list[int]) -> np.ndarray:
-    """A tensor grid over the PDE's domain with ``sizes[i]`` points along coordinate ``i``."""
-    axes = [np.linspace(*pde.domain[c], n) for c, n in zip(pde.coords, sizes, strict=True)]
-    mesh = np.meshgrid(*axes, indexing="ij")
-    return np.stack([m.ravel() for m in mesh], axis=-1)
 
 
 def run_case(
@@ -396,111 +347,6 @@ def _log_calibration(metrics: Mapping[str, Any]) -> None:
         )
 
 
-def parameter_table(tree: xr.DataTree, pde: AbstractPDE) -> dict[str, dict[str, float]]:
-    """Posterior mean, sd and 90% central interval of each unknown PDE parameter vs truth."""
-    post = tree["posterior"].to_dataset()
-    out = {}
-    for name, unknown in pde.unknowns().items():
-        if name not in post:
-            continue
-        draws = np.asarray(post[name].values, dtype=float).ravel()
-        lo, hi = np.quantile(draws, [0.05, 0.95])
-        row = {
-            "mean": float(draws.mean()),
-            "sd": float(draws.std()),
-            "q05": float(lo),
-            "q95": float(hi),
-        }
-        if unknown.truth is not None:
-            truth = float(unknown.truth)
-            row.update(
-                truth=truth,
-                rel_error=abs(row["mean"] - truth) / abs(truth),
-                truth_in_90=bool(lo <= truth <= hi),
-            )
-        out[name] = row
-    return out
-
-
-def field_prediction(
-    posterior: Posterior, pde: AbstractPDE, grid: list[int], key, *, truth: bool = True
-) -> xr.Dataset | None:
-    """Predictive draws of the program's field site (``Program.field_site``, e.g. ``u``) on the
-    evaluation grid, with the true field when it is known.
-
-    Args:
-        truth: score against the PDE's reference solution (``False`` for file data, whose
-            field the reference solution does not describe).
-
-    Returns:
-        ``Dataset`` with the field ``(chain, draw, *coords)`` and, where the PDE has a
-        reference solution and ``truth``, ``<field>_true`` ``(*coords)``, the grid's
-        coordinate values attached; ``None`` when the program has no field site, or the PDE
-        has neither a reference solution nor a way to predict the field off the data.
-    """
-    field = posterior.program.field_site
-    if field is None:
-        return None
-    points = evaluation_grid(pde, grid)
-    reference = None
-    if truth:
-        try:
-            # The scored field is the PDE's observable named as the program's field site: u
-            # itself, or the x-velocity of a stream-function PDE (observable "u").
-            reference = pde.solve_observables(points)[field]
-        except (NotImplementedError, ValueError, KeyError):
-            return None
-    pred = posterior.predict(points, key, sites=(field,))[field].values
-    sizes = [int(n) for n in grid]
-    coords = {c: np.linspace(*pde.domain[c], n) for c, n in zip(pde.coords, sizes, strict=True)}
-    dims = tuple(pde.coords)
-    data = {field: (("chain", "draw", *dims), pred.reshape(*pred.shape[:2], *sizes))}
-    if reference is not None:
-        data[f"{field}_true"] = (dims, np.asarray(reference).reshape(sizes))
-    return xr.Dataset(data, coords=coords)
-
-
-def field_name(prediction: xr.Dataset) -> str:
-    """The field's name in a :func:`field_prediction` dataset (its one variable that is not
-    a ``<name>_true`` truth)."""
-    (name,) = [str(v) for v in prediction.data_vars if not str(v).endswith("_true")]
-    return name
-
-
-def with_predictions(tree: xr.DataTree, prediction: xr.Dataset) -> xr.DataTree:
-    """The tree with ``predictions`` (field draws) and, when known, the true field in
-    ``predictions_constant_data``."""
-    tree = tree.copy()
-    field = field_name(prediction)
-    tree["predictions"] = xr.DataTree(prediction[[field]])
-    if f"{field}_true" in prediction:
-        tree["predictions_constant_data"] = xr.DataTree(prediction[[f"{field}_true"]])
-    return tree
-
-
-def field_metrics(
-    posterior: Posterior,
-    pde: AbstractPDE,
-    grid: list[int],
-    key,
-    *,
-    prediction: xr.Dataset | None = None,
-) -> dict[str, float]:
-    """Scores of the predictive field against the true field on the evaluation grid.
-
-    Relative L2 error of the mean, coverage at 50/90/95%, mean 90% width, CRPS, NLL (KDE)
-    and miscalibration area from :func:`ucsciml.calibration.summary`.
-    """
-    if prediction is None:
-        prediction = field_prediction(posterior, pde, grid, key)
-    if prediction is None:
-        return {}
-    field = field_name(prediction)
-    truth = prediction[f"{field}_true"]
-    scores = calibration.summary(prediction[field], truth)
-    return {**scores, "mean_width_90": scores["sharpness_90"], "grid_points": int(truth.size)}
-
-
 def _write_report(tree: xr.DataTree, path: Path) -> str | None:
     """Write the report; on failure log a warning and return it (``metrics["warnings"]``,
     shown by ``ucsciml summary``) instead of losing the saved results."""
@@ -564,7 +410,8 @@ def _lacks_weights(tree: xr.DataTree, program) -> bool:
 
 def _stored_prediction(tree: xr.DataTree, field: str | None) -> xr.Dataset | None:
     """The field on the evaluation grid as a saved tree holds it (``predictions`` and, when
-    known, ``predictions_constant_data``), as :func:`field_prediction` returns it."""
+    known, ``predictions_constant_data``), as :func:`ucsciml.run_metrics.field_prediction`
+    returns it."""
     if field is None or "predictions" not in tree.children:
         return None
     if field not in tree["predictions"].data_vars:
@@ -631,7 +478,7 @@ def _load_data(cfg, pde) -> xr.Dataset:
             return sensor_data.check_domain(data, pde.domain)
         except sensor_data.DataError as err:
             raise sensor_data.DataError(f"{spec['path']}: {err}") from None
-    return synthetic_sensors(
+    return sensor_data.synthetic_sensors(
         pde, spec["num_sensors"], spec["noise"], spec["seed"], spec.get("placement", "interior")
     )
 
