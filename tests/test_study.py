@@ -2,13 +2,20 @@
 
 import csv
 import json
+import sys
+import types
+from dataclasses import dataclass
+from typing import ClassVar
 
+import jax
 import numpy as np
 import pytest
 from conftest import TINY_CASE
 
+from ucsciml import registry
 from ucsciml.cli import main
-from ucsciml.posterior import load
+from ucsciml.family_case import FamilyRun
+from ucsciml.posterior import draws_tree, load
 from ucsciml.study import parse_backends, readable_table, study_row
 
 TINY_STUDY = (
@@ -104,3 +111,76 @@ def test_bad_backend_lists_exit_2(capsys):
         parse_backends(" , ")
     assert main(["study", "--backends", "nuts,bogus"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+@dataclass(frozen=True)
+class TwoWayCase:
+    """A normal mean, y_i ~ N(mu, 1), mu ~ N(0, 10^2), posterior N(m, s^2) in closed form:
+    backend "exact" draws from it; "point" reports the same mean with a zero-width spread."""
+
+    backends: ClassVar[tuple[str, ...]] = ("exact", "point")
+    own_backends: ClassVar[tuple[str, ...]] = ("exact", "point")
+
+    mu: float = 0.7
+    num_observations: int = 40
+
+    def run(self, backend, settings, *, key, progress):
+        # the data depend on the case only (fixed key): every backend sees the same y
+        y = self.mu + np.asarray(jax.random.normal(jax.random.key(7), (self.num_observations,)))
+        precision = self.num_observations + 1 / 100
+        mean, sd = float(y.sum() / precision), float(precision**-0.5)
+        scale = sd if backend == "exact" else 0.0
+        draws = mean + scale * np.asarray(jax.random.normal(key, (2, 2000)))
+        tree = draws_tree(
+            {"mu": draws},
+            kind="closed_form",
+            program="twoway",
+            physical_sites=("mu",),
+            attrs={"truth": {"mu": self.mu}},
+        )
+        lo, hi = np.quantile(draws, [0.05, 0.95])
+        numbers = {
+            "mu": {"mean": float(draws.mean()), "q05": float(lo), "q95": float(hi), "truth": 0.7},
+            "exact_mean": mean,
+            "sd_ratio": float(draws.std() / sd),
+            "seconds": 0.0,
+        }
+        return FamilyRun(tree, numbers)
+
+
+@pytest.fixture
+def twoway_family(monkeypatch):
+    module = types.ModuleType("ucsciml_twoway_family")
+    module.TwoWayCase = TwoWayCase
+    monkeypatch.setitem(sys.modules, "ucsciml_twoway_family", module)
+    monkeypatch.setitem(registry.CASES, "twoway", "ucsciml_twoway_family:TwoWayCase")
+
+
+def test_a_family_case_studies_its_own_backends(twoway_family, tmp_path, capsys):
+    case = tmp_path / "twoway.toml"
+    case.write_text('[case]\nname = "twoway"\n[model]\nname = "twoway"\n')
+    out = tmp_path / "study"
+    # the default backend list of a family case is the family's own
+    assert main(["-q", "study", str(case), "--out", str(out)]) == 0
+    with open(out / "study.csv", newline="") as f:
+        rows = {r["backend"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["exact", "point"]
+    exact_mean = float(rows["exact"]["family_exact_mean"])
+    # 4000 draws of N(m, s^2): the mean within 4 standard errors, the spread within 5%
+    sd = (40 + 1 / 100) ** -0.5
+    assert abs(float(rows["exact"]["mu_mean"]) - exact_mean) < 4 * sd / 4000**0.5
+    assert float(rows["exact"]["family_sd_ratio"]) == pytest.approx(1.0, abs=0.05)
+    assert float(rows["point"]["mu_mean"]) == pytest.approx(exact_mean, rel=1e-6)
+    assert float(rows["point"]["mu_q05"]) == pytest.approx(float(rows["point"]["mu_q95"]))
+    # the error and interval check are computed from the truth the family reported
+    err = 100 * abs(float(rows["exact"]["mu_mean"]) - 0.7) / 0.7
+    assert float(rows["exact"]["mu_error_pct"]) == pytest.approx(err, rel=1e-6)
+    assert "family_seconds" not in rows["exact"]
+    md = (out / "study.md").read_text()
+    header = md.splitlines()[4]
+    assert "| mu |" in header and "exact_mean" in header and "sd_ratio" in header
+    assert "rel. L2" not in header  # no run scored a field
+    # a backend the family cannot run is refused before anything runs
+    assert main(["study", str(case), "--backends", "exact,nuts", "--out", str(tmp_path / "x")]) == 2
+    assert "choose from ['exact', 'point']" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

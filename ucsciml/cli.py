@@ -166,8 +166,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     study.add_argument(
         "--backends",
-        default=",".join(registry.BACKENDS),
-        help=f"comma-separated backends (default: {','.join(registry.BACKENDS)})",
+        default=None,
+        help="comma-separated backends (default: every backend the case can run: "
+        f"{','.join(registry.BACKENDS)} for a PDE-sensor case, a family case's own list, "
+        "e.g. nuts,vi for fbm_hurst)",
     )
     study.add_argument("--seed", type=int, help="integer seed for every backend")
     study.add_argument("--out", help="study folder (default: runs/<case>/study-seed<seed>)")
@@ -286,10 +288,11 @@ def _cmd_run(args) -> int:
 
 def _cmd_study(args) -> int:
     from ucsciml.config import load_case
-    from ucsciml.study import parse_backends, readable_table, run_study
+    from ucsciml.study import case_backends, parse_backends, readable_table, run_study
 
-    backends = parse_backends(args.backends)
     cfg = load_case(case_path(args.case))
+    allowed = case_backends(cfg)
+    backends = parse_backends(args.backends or ",".join(allowed), allowed)
     command = " ".join(["ucsciml", *(sys.argv[1:] if args.argv is None else args.argv)])
     result = run_study(
         cfg, backends, seed=args.seed, out=args.out, resume=args.resume, command=command

@@ -11,7 +11,10 @@ Columns: wall time, relative L2 of the predictive mean on the evaluation grid, f
 coverage at 50/90/95%, CRPS and NLL, and per unknown PDE parameter the posterior mean, its
 error ``|mean - truth| / truth`` in %, the 90% interval and whether it holds the truth;
 the worst R-hat, smallest bulk ESS and divergence count where they apply (MCMC only; other
-backends show "n/a"). A backend that fails is recorded with its error and the study goes on.
+backends show "n/a"). A family case (:mod:`ucsciml.family_case`, e.g. the fOU Hurst case
+under ``nuts`` and ``vi``) shows its site summaries as parameters and its other headline
+numbers as columns of their own; the field columns appear only when a run scored a field.
+A backend that fails is recorded with its error and the study goes on.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from ucsciml import registry
 from ucsciml._io import write_text
+from ucsciml.config import is_family
 from ucsciml.report import table_page
 from ucsciml.runner import run_case
 
@@ -49,21 +53,36 @@ class StudyResult:
         return [r["backend"] for r in self.rows if r["status"] != "ok"]
 
 
-def parse_backends(text: str) -> list[str]:
-    """``"nuts,vi"`` -> ``["nuts", "vi"]``, checked against the registry.
+def parse_backends(text: str, allowed: Sequence[str] | None = None) -> list[str]:
+    """``"nuts,vi"`` -> ``["nuts", "vi"]``, checked against ``allowed``.
+
+    Args:
+        text: comma-separated backend names.
+        allowed: the names the case can run (:func:`case_backends`); default every
+            registered inference backend.
 
     Raises:
-        ValueError: for an empty list, an unknown name or a repeated name.
+        ValueError: for an empty list, a name not in ``allowed`` or a repeated name.
     """
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise ValueError("--backends needs at least one name, e.g. --backends nuts,vi")
-    unknown = [n for n in names if n not in registry.BACKENDS]
+    choices = sorted(registry.BACKENDS) if allowed is None else list(allowed)
+    unknown = [n for n in names if n not in choices]
     if unknown:
-        raise ValueError(f"unknown backend(s) {unknown}; choose from {sorted(registry.BACKENDS)}")
+        raise ValueError(f"unknown backend(s) {unknown} for this case; choose from {choices}")
     if len(set(names)) != len(names):
         raise ValueError(f"--backends lists a backend twice: {names}")
     return names
+
+
+def case_backends(cfg: Mapping[str, Any]) -> list[str]:
+    """The backends a resolved case can run: a family case's own list (the fOU case's
+    ``nuts`` and ``vi``, ProbConserv's ``closed_form``), else every inference backend."""
+    if is_family(dict(cfg)):
+        family = registry.resolve(registry.CASES, cfg["model"]["name"], "model")
+        return list(family.backends)
+    return sorted(registry.BACKENDS)
 
 
 def run_study(
@@ -87,6 +106,7 @@ def run_study(
         root: parent of the default study folder.
         command: the command line that made the study, written into ``study.md``.
     """
+    parse_backends(",".join(backends), case_backends(cfg))
     seed = int(cfg["case"]["seed"] if seed is None else seed)
     out_dir = Path(out) if out else Path(root) / cfg["case"]["name"] / f"study-seed{seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +136,7 @@ def study_row(backend: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
     }
     row.update({k: field.get(k) for k in FIELD_COLUMNS})
     row.update(_parameter_columns(metrics.get("parameters") or {}, ""))
+    row.update(_family_columns(metrics.get("family") or {}))
     calibrated = metrics.get("calibrated") or {}
     row.update(_parameter_columns(calibrated.get("parameters") or {}, "calibrated "))
     if "field" in calibrated:
@@ -139,8 +160,29 @@ def _parameter_columns(params: Mapping[str, Any], prefix: str) -> dict[str, Any]
         row[f"{key}_q05"], row[f"{key}_q95"] = p["q05"], p["q95"]
         if "truth" in p:
             row[f"{key}_truth"] = p["truth"]
-            row[f"{key}_error_pct"] = 100.0 * p["rel_error"]
+            if "rel_error" in p:
+                row[f"{key}_error_pct"] = 100.0 * p["rel_error"]
             row[f"{key}_truth_in_90"] = p["truth_in_90"]
+    return row
+
+
+def _family_columns(numbers: Mapping[str, Any]) -> dict[str, Any]:
+    """A family run's headline numbers (``metrics.json["family"]``) as columns: a site
+    summary (a table with ``mean``, ``q05``, ``q95``) like a parameter, every other number
+    as ``family_<name>``; nested tables of other shapes and the family's own timing stay in
+    its ``metrics.json``."""
+    row: dict[str, Any] = {}
+    for name, value in numbers.items():
+        if isinstance(value, Mapping) and {"mean", "q05", "q95"} <= value.keys():
+            summary = dict(value)
+            truth = summary.get("truth")
+            if truth is not None and "rel_error" not in summary and truth != 0:
+                summary["rel_error"] = abs(summary["mean"] - truth) / abs(truth)
+            if truth is not None and "truth_in_90" not in summary:
+                summary["truth_in_90"] = summary["q05"] <= truth <= summary["q95"]
+            row.update(_parameter_columns({name: summary}, ""))
+        elif isinstance(value, bool | int | float) and name not in ("seconds", "divergences"):
+            row[f"family_{name}"] = value
     return row
 
 
@@ -191,11 +233,21 @@ LEGEND = (
 
 
 def readable_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Formatted header and cells: one column per parameter, one per field score."""
+    """Formatted header and cells: one column per parameter, one per field score (when a
+    run scored a field) and one per family headline number (family cases)."""
     params = list(
-        dict.fromkeys(k.removesuffix("_mean") for r in rows for k in r if k.endswith("_mean"))
+        dict.fromkeys(
+            k.removesuffix("_mean")
+            for r in rows
+            for k in r
+            if k.endswith("_mean") and not k.startswith("family_")
+        )
     )
-    header = ["backend", "time (s)", *params, "rel. L2", "cov. 50/90/95%", "CRPS", "NLL"]
+    extra = list(dict.fromkeys(k for r in rows for k in r if k.startswith("family_")))
+    scored = any(r.get(k) is not None for r in rows for k in FIELD_COLUMNS)
+    header = ["backend", "time (s)", *params, *(k.removeprefix("family_") for k in extra)]
+    if scored:
+        header += ["rel. L2", "cov. 50/90/95%", "CRPS", "NLL"]
     calibrated = any("calibrated_coverage_90" in r for r in rows)
     if calibrated:
         header.append("calibrated cov. 90%")
@@ -206,14 +258,17 @@ def readable_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str
             body.append([r["backend"], "failed", *["–"] * (len(header) - 2)])
             continue
         cells = [r["backend"], _fmt(r.get("wall_time_s"), ".0f")]
-        for p in params:
-            cells.append(_parameter_cell(r, p))
-        cover = [r.get(f"coverage_{q}") for q in (50, 90, 95)]
+        cells += [_parameter_cell(r, p) for p in params]
+        cells += [_number_cell(r.get(k)) for k in extra]
+        if scored:
+            cover = [r.get(f"coverage_{q}") for q in (50, 90, 95)]
+            cells += [
+                _fmt(r.get("rel_l2"), ".3g"),
+                "/".join("–" if c is None else f"{100 * c:.0f}" for c in cover),
+                _fmt(r.get("crps"), ".3g"),
+                _fmt(r.get("nll"), ".3g"),
+            ]
         cells += [
-            _fmt(r.get("rel_l2"), ".3g"),
-            "/".join("–" if c is None else f"{100 * c:.0f}" for c in cover),
-            _fmt(r.get("crps"), ".3g"),
-            _fmt(r.get("nll"), ".3g"),
             *([_fmt(100 * r.get("calibrated_coverage_90", math.nan), ".0f")] if calibrated else []),
             _fmt(r.get("r_hat_max"), ".2f", missing="n/a"),
             _fmt(r.get("ess_bulk_min"), ".0f", missing="n/a"),
@@ -221,6 +276,13 @@ def readable_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str
         ]
         body.append(cells)
     return header, body
+
+
+def _number_cell(value: Any) -> str:
+    """A family number: yes/no for a flag, 4 significant digits otherwise."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return _fmt(value, ".4g")
 
 
 def _parameter_cell(row: Mapping[str, Any], name: str) -> str:
