@@ -50,6 +50,10 @@ class Trained(NamedTuple):
     params: PyTree
     losses: np.ndarray
     verdict: dict[str, Any]
+    #: the carried state after the last step (``train(state=...)``), else ``None``.
+    state: PyTree = None
+    #: ``trace_fn``'s value per step, shape ``(num_steps,)``, else ``None``.
+    trace: np.ndarray | None = None
 
     def record(self, objective: str, **facts: Any) -> dict[str, Any]:
         """The ``optimization`` record a Posterior or family tree stores: the loss trace,
@@ -274,6 +278,8 @@ def train(
     progress: bool = True,
     hint: str = "raise the number of steps or lower the learning rate",
     rtol: float = 1e-3,
+    state: PyTree = None,
+    trace_fn: Callable[[PyTree, PyTree], jax.Array] | None = None,
 ) -> Trained:
     """Minimise a stochastic objective ``loss_fn(params, step_key)`` with ``optimizer``.
 
@@ -286,6 +292,13 @@ def train(
     logged as a warning: nothing is assumed converged. The trend is fitted over the last half
     of the steps (``trend_fraction=0.5``), so a slow descent that the noise of the last two
     windows would hide still fails the fit.
+
+    An objective with an inner solve warm-started from the previous step (an alternating
+    scheme: the spectral GP's conjugate-gradient solution for the grid values) passes
+    ``state``: ``loss_fn(params, step_key, state)`` then returns ``(loss, new_state)``, the
+    new state is carried to the next step with its gradient stopped, and :attr:`Trained.state`
+    holds the last one. ``trace_fn(params, new_state)`` (optional) is recorded per step,
+    before the update (e.g. a benchmark's error against a known solution).
 
     Returns:
         :class:`Trained` with ``losses`` of shape ``(num_steps,)`` (non-finite values kept).
@@ -302,15 +315,21 @@ def train(
     trainable, static = eqx.partition(params, eqx.is_inexact_array)
     keys = jax.random.split(key, num_steps) if step_keys == "split" else None
 
-    def objective(p, k):
-        return loss_fn(eqx.combine(p, static), k)
+    stateful = state is not None
+
+    def objective(p, k, st):
+        if stateful:
+            loss, new = loss_fn(eqx.combine(p, static), k, st)
+            return loss, jax.lax.stop_gradient(new)
+        return loss_fn(eqx.combine(p, static), k), st
 
     def step(carry, index):
-        p, opt_state = carry
+        p, opt_state, st = carry
         k = jax.random.fold_in(key, index) if keys is None else keys[index]
-        loss, grads = jax.value_and_grad(objective)(p, k)
+        (loss, st), grads = jax.value_and_grad(objective, has_aux=True)(p, k, st)
+        traced = jnp.nan if trace_fn is None else trace_fn(eqx.combine(p, static), st)
         updates, opt_state = optimizer.update(grads, opt_state, p)
-        return (optax.apply_updates(p, updates), opt_state), loss
+        return (optax.apply_updates(p, updates), opt_state, st), (loss, traced)
 
     chunk = min(chunk_size, num_steps) if chunk_size else _chunk_length(num_steps)
 
@@ -318,13 +337,14 @@ def train(
     def run_chunk(carry, start, n):
         return jax.lax.scan(step, carry, start + jnp.arange(n))
 
-    carry, out, done = (trainable, optimizer.init(trainable)), [], 0
+    carry, out, traces, done = (trainable, optimizer.init(trainable), state), [], [], 0
     with tqdm(total=num_steps, desc=phase, unit="step", disable=not progress, leave=False) as bar:
         while done < num_steps:
             n = min(chunk, num_steps - done)
-            carry, losses = run_chunk(carry, jnp.asarray(done), n)
+            carry, (losses, traced) = run_chunk(carry, jnp.asarray(done), n)
             losses = np.asarray(losses)
             out.append(losses)
+            traces.append(np.asarray(traced))
             done += n
             bar.update(n)
             bar.set_postfix(loss=f"{float(np.mean(losses)):.4g}")
@@ -335,4 +355,10 @@ def train(
     verdict = convergence.judge(
         losses, None, phase=phase, rtol=rtol, stochastic=True, hint=hint, trend_fraction=0.5
     )
-    return Trained(eqx.combine(carry[0], static), losses, verdict)
+    return Trained(
+        eqx.combine(carry[0], static),
+        losses,
+        verdict,
+        carry[2],
+        np.concatenate(traces) if trace_fn is not None else None,
+    )

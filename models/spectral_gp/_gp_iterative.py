@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro.distributions as dist
 import optax
-from tqdm.auto import tqdm
 
-from ucsciml import convergence
+from ucsciml import optimize
 from ucsciml.models.spectral_gp import _gp_solve as solve
 from ucsciml.models.spectral_gp import _kron
 from ucsciml.models.spectral_gp._gp_data import (
@@ -36,9 +34,6 @@ from ucsciml.models.spectral_gp._gp_data import (
     with_data_defaults,
 )
 from ucsciml.models.spectral_gp._gp_precond import kron_jacobi
-
-#: Chunks of the alternating loop (progress bar resolution).
-CHUNKS = 10
 
 
 def fit_sensors(
@@ -59,7 +54,7 @@ def fit_sensors(
         model: the model definition (a linear PDE; any grid size).
         data: sensor data (:func:`ucsciml.data.sensors`), with ``noise_std`` or with the
             model's ``noise_std`` set.
-        num_steps: alternating steps (a multiple of 10 keeps every chunk one compilation).
+        num_steps: alternating steps (run on :func:`ucsciml.optimize.train`).
         learning_rate: Adam's rate on the unconstrained hyper-parameters.
         cg_tol, cg_maxiter: the per-step CG solves (warm-started, capped).
         cg_final_maxiter: cap of the final solve (default ``10 * cg_maxiter``); a
@@ -71,7 +66,7 @@ def fit_sensors(
     Returns:
         :class:`~ucsciml.models.spectral_gp._gp_solve.SpectralGPFit` whose ``inputs`` hold the data, for
         :func:`~ucsciml.models.spectral_gp._gp_solve.predict`. A fit whose loss still changes over its
-        last window is logged as not converged (:func:`ucsciml.convergence.judge`).
+        last window is logged as not converged; the verdict is in ``verdict``.
     """
     if not jax.config.jax_enable_x64:
         raise RuntimeError("fit_sensors needs float64: jax.config.update('jax_enable_x64', True)")
@@ -123,37 +118,38 @@ def fit_sensors(
         z, relres = solve.solve_cg_checked(system, shape, system.y, z_prev, cg_tol, maxiter, pre)
         return z, _kron.kron_matvec(system.chols, z), relres
 
-    def step(carry, _):
-        free, state, z = carry
-        z, u, _ = conditional_mean(free, z, cg_maxiter)
-        u = jax.lax.stop_gradient(u)
-        loss, grad = jax.value_and_grad(neg_log_joint)(free, u)
-        updates, state = opt.update(grad, state, free)
-        return (optax.apply_updates(free, updates), state, z), loss
+    def loss_fn(free, _key, z_prev):
+        # the grid values are the conditional mean at this step's kernel (CG warm-started
+        # from the previous step), held fixed for the hyper-parameter gradient
+        z, u, _ = conditional_mean(free, z_prev, cg_maxiter)
+        return neg_log_joint(free, jax.lax.stop_gradient(u)), z
 
-    chunk = max(1, num_steps // CHUNKS)
-    run = jax.jit(lambda c, n: jax.lax.scan(step, c, None, length=n), static_argnums=1)
-    carry, losses, done = (free0, opt.init(free0), jnp.zeros(shape)), [], 0
-    with tqdm(total=num_steps, desc="spectral GP (CG, alternating)", disable=not progress) as bar:
-        while done < num_steps:
-            n = min(chunk, num_steps - done)
-            carry, trace = run(carry, n)
-            losses.append(trace)
-            done += n
-            bar.update(n)
-    free, _, z = carry
+    trained = optimize.train(
+        loss_fn,
+        free0,
+        opt,
+        num_steps=num_steps,
+        key=jax.random.key(0),  # a deterministic objective: the step keys are unused
+        phase="spectral GP (CG, alternating)",
+        progress=progress,
+        hint="raise num_steps or learning_rate",
+        state=jnp.zeros(shape),
+    )
+    free, z = trained.params, trained.state
     z, u, relres = jax.jit(lambda f, z: conditional_mean(f, z, final))(free, z)
     solve._warn_unconverged(
         relres, cg_tol, "spectral_gp.fit_sensors (final solve)", "raise cg_final_maxiter"
     )
     theta = constrain(free)
-    losses = jnp.concatenate(losses)
-    # The loss change over the last window judges the alternating fit (logged when it fails).
-    convergence.judge(
-        np.asarray(losses),
-        phase="spectral GP (CG, alternating)",
-        hint="raise num_steps or learning_rate",
-    )
+    losses = jnp.asarray(trained.losses)
     return solve.SpectralGPFit(
-        theta, u, z, losses, jnp.full(losses.shape, jnp.nan), "alternating", relres, inputs
+        theta,
+        u,
+        z,
+        losses,
+        jnp.full(losses.shape, jnp.nan),
+        "alternating",
+        relres,
+        inputs,
+        trained.verdict,
     )

@@ -39,6 +39,7 @@ import optax
 from jax.scipy.linalg import cho_solve, cholesky, solve_triangular
 from jax.scipy.sparse.linalg import cg
 
+from ucsciml import optimize
 from ucsciml._types import Array, PRNGKey
 from ucsciml.models.spectral_gp import _gp_data as _data
 from ucsciml.models.spectral_gp import _gp_observe as _observe
@@ -80,6 +81,8 @@ class SpectralGPFit(NamedTuple):
         method: ``"alternating"`` or ``"joint"``.
         cg_relres: relative residual ``|P z - G^T y| / |G^T y|`` of the
             final conjugate-gradient solve (``nan`` for dense solves and ``"joint"``).
+        verdict: the optimisation's convergence verdict (:func:`ucsciml.convergence.judge`,
+            as :func:`ucsciml.optimize.train` judges it).
         inputs: the solver's inputs for a fit to sensor data
             (:func:`ucsciml.models.spectral_gp._gp_iterative.fit_sensors`), ``None`` for the benchmark
             program; :func:`predict` uses them.
@@ -93,6 +96,7 @@ class SpectralGPFit(NamedTuple):
     method: str
     cg_relres: Array
     inputs: dict | None = None
+    verdict: dict | None = None
 
 
 def linear_system(
@@ -366,6 +370,7 @@ def fit(
     cg_tol: float = 1e-8,
     cg_maxiter: int = 100,
     cg_final_maxiter: int | None = None,
+    progress: bool = True,
 ) -> SpectralGPFit:
     """Fit a :class:`~ucsciml.models.SpectralGP` by MAP of its program's log joint.
 
@@ -386,9 +391,11 @@ def fit(
         cg_final_maxiter: iteration cap of the final solve for the returned grid values
             (default ``10 * cg_maxiter``); a :class:`RuntimeWarning` is raised when it stops
             above ``cg_tol`` and ``cg_relres`` of the result records the residual reached.
+        progress: show a progress bar (the steps run on :func:`ucsciml.optimize.train`,
+            which also judges convergence and logs a failed verdict).
 
     Returns:
-        :class:`SpectralGPFit` at the last step.
+        :class:`SpectralGPFit` at the last step, with its verdict.
 
     Raises:
         ValueError: for an unknown method, or ``"alternating"`` on a nonlinear PDE.
@@ -405,7 +412,15 @@ def fit(
     final_maxiter = 10 * cg_maxiter if cg_final_maxiter is None else cg_final_maxiter
     with jax.enable_x64(True):
         result = _fit(
-            model, num_steps, learning_rate, method, monitor_fn, cg_tol, cg_maxiter, final_maxiter
+            model,
+            num_steps,
+            learning_rate,
+            method,
+            monitor_fn,
+            cg_tol,
+            cg_maxiter,
+            final_maxiter,
+            progress,
         )
     _warn_unconverged(
         result.cg_relres, cg_tol, "spectral_gp.fit (final solve)", "raise cg_final_maxiter"
@@ -413,7 +428,17 @@ def fit(
     return result
 
 
-def _fit(model, num_steps, learning_rate, method, monitor_fn, cg_tol, cg_maxiter, final_maxiter):
+def _fit(
+    model,
+    num_steps,
+    learning_rate,
+    method,
+    monitor_fn,
+    cg_tol,
+    cg_maxiter,
+    final_maxiter,
+    progress=True,
+):
     program = model.compile()
     inputs, targets = program.inputs, program.targets
     log_density = model.log_density_fn()
@@ -436,39 +461,61 @@ def _fit(model, num_steps, learning_rate, method, monitor_fn, cg_tol, cg_maxiter
             z, relres = solve_cg_checked(system, shape, system.y, z_prev, cg_tol, maxiter)
         return z, _kron.kron_matvec(system.chols, z), relres
 
+    phase = f"spectral GP ({method})"
+    hint = "raise num_steps or learning_rate"
     if method == "alternating":
         theta0 = {k: v for k, v in init.items() if k != "u_grid"}
 
-        def step(carry, _):
-            theta, state, z = carry
-            z, u, _ = conditional_mean(theta, z)
-            u = jax.lax.stop_gradient(u)
-            loss, grad = jax.value_and_grad(lambda t: neg_log_joint({**t, "u_grid": u}))(theta)
-            updates, state = opt.update(grad, state, theta)
-            return (optax.apply_updates(theta, updates), state, z), (loss, monitor(u))
+        def loss_fn(theta, _key, carried):
+            # the grid values are the exact conditional mean at this step's kernel, held
+            # fixed for the hyper-parameter gradient (train stops the state's gradient)
+            z, u, _ = conditional_mean(theta, carried[0])
+            return neg_log_joint({**theta, "u_grid": jax.lax.stop_gradient(u)}), (z, u)
 
-        carry0 = (theta0, opt.init(theta0), jnp.zeros(shape))
-        (theta, _, z), (losses, mon) = jax.jit(
-            lambda c: jax.lax.scan(step, c, None, length=num_steps)
-        )(carry0)
-        z, u, relres = jax.jit(lambda t, z: conditional_mean(t, z, final_maxiter))(theta, z)
+        trained = optimize.train(
+            loss_fn,
+            theta0,
+            opt,
+            num_steps=num_steps,
+            key=jax.random.key(0),  # a deterministic objective: the step keys are unused
+            phase=phase,
+            progress=progress,
+            hint=hint,
+            state=(jnp.zeros(shape), jnp.zeros(shape)),
+            trace_fn=None if monitor_fn is None else lambda _theta, carried: monitor(carried[1]),
+        )
+        theta = trained.params
+        z, u, relres = jax.jit(lambda t, z: conditional_mean(t, z, final_maxiter))(
+            theta, trained.state[0]
+        )
     else:
-
-        def step(carry, _):
-            sites, state = carry
-            loss, grad = jax.value_and_grad(neg_log_joint)(sites)
-            updates, state = opt.update(grad, state, sites)
-            return (optax.apply_updates(sites, updates), state), (loss, monitor(sites["u_grid"]))
-
-        (sites, _), (losses, mon) = jax.jit(
-            lambda c: jax.lax.scan(step, c, None, length=num_steps)
-        )((init, opt.init(init)))
+        trained = optimize.train(
+            lambda sites, _key: neg_log_joint(sites),
+            init,
+            opt,
+            num_steps=num_steps,
+            key=jax.random.key(0),
+            phase=phase,
+            progress=progress,
+            hint=hint,
+            trace_fn=None if monitor_fn is None else lambda sites, _s: monitor(sites["u_grid"]),
+        )
+        sites = trained.params
         u = sites["u_grid"]
         theta = {k: v for k, v in sites.items() if k != "u_grid"}
         chols, _ = model.factors(model.kernel_params(theta))
         z = _kron.kron_whiten(chols, u)
         relres = jnp.nan
-    return SpectralGPFit(theta, u, z, losses, mon, method, jnp.asarray(relres))
+    return SpectralGPFit(
+        theta,
+        u,
+        z,
+        jnp.asarray(trained.losses),
+        jnp.full(num_steps, jnp.nan) if trained.trace is None else jnp.asarray(trained.trace),
+        method,
+        jnp.asarray(relres),
+        verdict=trained.verdict,
+    )
 
 
 def _test_weights(model, theta, axes_test):
