@@ -67,6 +67,7 @@ from typing import Any
 import numpyro.distributions as dist
 
 from ucsciml import registry
+from ucsciml.conservation import ConservationSettings
 from ucsciml.pde.base import Unknown
 from ucsciml.replicates import CalibrationSettings
 
@@ -109,7 +110,17 @@ DATA_DEFAULTS = {
 PLACEMENTS = ("interior", "initial_boundary")
 #: ``[data]`` keys that only synthetic data use; a sensor file fixes sensors and noise.
 SYNTHETIC_ONLY = ("num_sensors", "noise", "placement")
-TOP_KEYS = ("case", "pde", "data", "model", "backend", "evaluation", "calibration", "output")
+TOP_KEYS = (
+    "case",
+    "pde",
+    "data",
+    "model",
+    "backend",
+    "evaluation",
+    "calibration",
+    "conservation",
+    "output",
+)
 #: The tables of a family case file (:mod:`ucsciml.family_case`).
 FAMILY_TOP_KEYS = ("case", "model", "backend", "output")
 EVAL_KEYS = {"grid": list}
@@ -248,6 +259,13 @@ def resolve_config(raw: dict[str, Any], source: str = "<config>") -> dict[str, A
     cfg["backend"] = resolved
     if "calibration" in cfg:
         cfg["calibration"] = _resolve_calibration(cfg["calibration"], source)
+    if "conservation" in cfg:
+        cfg["conservation"] = _resolve_conservation(cfg["conservation"], cfg["pde"], source)
+        if "calibration" in cfg:
+            raise ConfigError(
+                f"{source}: [conservation] and [calibration] cannot be combined yet: the "
+                "replicate refits do not impose the conservation law; remove one of them"
+            )
     cfg["output"] = {**OUTPUT_DEFAULTS, **cfg.get("output", {})}
     _check_types(cfg["output"], OUTPUT_KEYS, "[output]", source)
     cfg["evaluation"] = {"grid": [64, 32], **cfg.get("evaluation", {})}
@@ -373,6 +391,33 @@ def _resolve_calibration(table: Any, source: str) -> dict[str, Any]:
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
     return out
+
+
+def _resolve_conservation(table: Any, pde: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check ``[conservation]`` against :class:`ucsciml.conservation.ConservationSettings`
+    and the PDE's coordinates."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [conservation] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(ConservationSettings)}
+    _only(table, fields, "[conservation]", source)
+    if "total" not in table:
+        raise ConfigError(
+            f"{source}: [conservation] needs total, the conserved integral of the field over "
+            "`over` at every slice, e.g. total = 0.0"
+        )
+    out = {k: table.get(k, f.default) for k, f in fields.items()}
+    coords = registry.resolve(registry.PDES, pde["name"], "pde").coords
+    try:
+        ConservationSettings(**out).check_coords(tuple(coords))
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return out
+
+
+def conservation_settings(cfg: dict[str, Any]) -> ConservationSettings | None:
+    """The case's ``[conservation]`` law, or ``None`` when it has no such table."""
+    table = cfg.get("conservation")
+    return None if table is None else ConservationSettings(**table)
 
 
 def calibration_settings(cfg: dict[str, Any]) -> CalibrationSettings | None:

@@ -40,6 +40,12 @@ MODELS: dict[str, str] = {
     "spectral_gp": "ucsciml.models.spectral_gp:SpectralGP",
 }
 
+#: Operations the runner applies to a run's predictions, by case-file table: ``[conservation]``
+#: conditions the predicted field on a conservation law (ProbConserv, after any backend).
+UPDATES: dict[str, str] = {
+    "conservation": "ucsciml.models.probconserv:conserve_prediction",
+}
+
 #: Family cases (:mod:`ucsciml.family_case`): a case file's ``[model] name`` for a family that
 #: brings its own problem instead of sensors on a ``[pde]``.
 CASES: dict[str, str] = {

@@ -82,6 +82,7 @@ def report(tree: xr.DataTree, path: str | os.PathLike, *, title: str | None = No
         ("Unknown parameters", lambda: _parameters(tree)),
         ("Posterior predictive checks", lambda: _ppc(tree)),
         ("Field", lambda: _field(tree)),
+        ("Conservation law", lambda: _conservation(tree)),
         ("Calibration under model error", lambda: _replicate_calibration(tree)),
     ]
     for name, build in sections:
@@ -224,6 +225,61 @@ def _results(tree: xr.DataTree) -> str:
 
     walk(numbers)
     return _table(["quantity", "value"], rows)
+
+
+def _conservation(tree: xr.DataTree) -> str:
+    """The ``[conservation]`` update's numbers (``ucsciml_conservation``): the law, the
+    conservation error and the field scores before and after."""
+    raw = tree.attrs.get("ucsciml_conservation")
+    if not isinstance(raw, str):
+        return ""
+    numbers = json.loads(raw)
+    law = (
+        f"<p>Imposed on every predictive draw after the backend (ProbConserv): the integral "
+        f"of the field over {_e(numbers['over'])} equals {format_number(numbers['total'])} at "
+        f"each of {numbers['constraints']} grid slices, &sigma;<sub>G</sub> = "
+        f"{format_number(numbers['noise_std'])}; {numbers['draws']} draws moved. The field "
+        "section above shows the conserved field.</p>"
+    )
+    if numbers.get("fixed_slices"):
+        law += (
+            f"<p>{numbers['fixed_slices']} slice(s) have the same integral in every draw (a "
+            "condition the model builds in) and were left as they are.</p>"
+        )
+    rows = [
+        (
+            "max |integral - total| of the predictive mean",
+            format_number(numbers["error_before"], ".3g"),
+            format_number(numbers["error_after"], ".3g"),
+        ),
+        (
+            "mean over draws of each draw's max |integral - total|",
+            format_number(numbers["draw_error_before"], ".3g"),
+            format_number(numbers["draw_error_after"], ".3g"),
+        ),
+    ]
+    before = numbers.get("field_before") or {}
+    after = _field_scores(tree)
+    for key, label in (("rel_l2", "relative L2 of the mean"), ("coverage_90", "90% coverage")):
+        if key in before and key in after:
+            rows.append(
+                (label, format_number(before[key], ".3g"), format_number(after[key], ".3g"))
+            )
+    return law + _table(["quantity", "before", "after"], rows)
+
+
+def _field_scores(tree: xr.DataTree) -> dict[str, float]:
+    """Relative L2 and 90% coverage of the field in ``predictions`` against its truth."""
+    if "predictions" not in tree.children or "predictions_constant_data" not in tree.children:
+        return {}
+    preds = tree["predictions"].to_dataset()
+    consts = tree["predictions_constant_data"].to_dataset()
+    for name in preds.data_vars:
+        truth = consts.get(f"{name}_true")
+        if truth is not None:
+            summary = cal.summary(preds[name], truth)
+            return {"rel_l2": summary["rel_l2"], "coverage_90": summary["coverage_90"]}
+    return {}
 
 
 def _parameters(tree: xr.DataTree) -> str:

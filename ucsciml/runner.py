@@ -198,6 +198,19 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
         if prediction is not None and f"{field_name(prediction)}_true" in prediction
         else None
     )
+    law = case_config.conservation_settings(cfg)
+    conservation = None
+    if law is not None:
+        if stored is not None and "ucsciml_conservation" in tree.attrs:
+            conservation = json.loads(tree.attrs["ucsciml_conservation"])  # already conserved
+        else:
+            before = scored
+            prediction, conservation = _conserve(prediction, law, jax.random.fold_in(key, 4))
+            scored = prediction if before is not None else None
+            if before is not None:
+                conservation["field_before"] = field_metrics(
+                    posterior, pde, grid, field_key, prediction=before
+                )
     metrics = {
         "case": cfg["case"]["name"],
         "backend": backend_name,
@@ -217,6 +230,12 @@ def _run(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     if prediction is not None and "predictions" not in tree.children:
         tree = with_predictions(tree, prediction)
         changed = True
+    if conservation is not None:
+        metrics["conservation"] = conservation
+        tree = tree.copy()
+        tree.attrs["ucsciml_conservation"] = json.dumps(_toml_safe(conservation), sort_keys=True)
+        changed = True
+        _log_conservation(conservation, metrics["field"])
     if settings is not None:
         changed = True
         result = calibrate_run(
@@ -306,6 +325,31 @@ def _run_family(cfg, backend_name, seed, run_dir, resume, handler) -> RunResult:
     for message in diag.messages:
         log.warning("%s", message)
     return RunResult(run_dir, metrics, diag)
+
+
+def _conserve(prediction, law, key) -> tuple[xr.Dataset, dict[str, Any]]:
+    """The ``[conservation]`` update (:data:`ucsciml.registry.UPDATES`) of the predicted
+    field, and its numbers."""
+    if prediction is None:
+        raise ValueError(
+            "[conservation] needs a predicted field on the evaluation grid, and this "
+            "model's program declares no field site (Program.field_site)"
+        )
+    update = registry.resolve(registry.UPDATES, "conservation", "update")
+    log.info("conservation: integral of the field over %s = %g imposed", law.over, law.total)
+    return update(prediction, field_name(prediction), law, key=key)
+
+
+def _log_conservation(numbers: Mapping[str, Any], field: Mapping[str, Any]) -> None:
+    """One log line: the conservation error of the mean, and coverage, before and after."""
+    before = numbers.get("field_before", {})
+    log.info(
+        "conservation: max |integral - total| of the mean %.3g -> %.3g; 90%% coverage %s -> %s",
+        numbers["error_before"],
+        numbers["error_after"],
+        f"{before['coverage_90']:.3f}" if "coverage_90" in before else "n/a",
+        f"{field['coverage_90']:.3f}" if "coverage_90" in field else "n/a",
+    )
 
 
 def _run_attrs(cfg, chash: str, ihash: str, inputs, wall: float) -> dict[str, Any]:
