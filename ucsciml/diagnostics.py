@@ -27,6 +27,9 @@ import xarray as xr
 
 from ucsciml.convergence import verdicts_of
 
+#: Pareto shape above which importance-corrected draws are not trusted (Vehtari et al. 2024).
+KHAT_LIMIT = 0.7
+
 RHAT_MAX = 1.01
 ESS_MIN = 400
 BFMI_MIN = 0.3
@@ -203,9 +206,13 @@ def check(tree: xr.DataTree) -> Diagnostics:
     optimization = _optimization_verdicts(tree)
     unconverged = [v for v in optimization if not v["converged"]]
     decisive = [v for v in unconverged if v.get("decisive", True)]
+    untrusted = _importance_message(tree)
+    if untrusted:
+        messages.append(untrusted)
     if kind != "mcmc":
-        # No mixing checks apply; the optimisations that made the draws are what is judged.
-        verdict = "warn" if decisive else "n/a"
+        # No mixing checks apply; the optimisations that made the draws, and an importance
+        # check of the approximation where one ran, are what is judged.
+        verdict = "warn" if decisive or untrusted else "n/a"
     elif decisive:
         verdict = "warn"
     for v in unconverged:
@@ -242,6 +249,33 @@ def _optimization_verdicts(tree: xr.DataTree) -> list[dict[str, Any]]:
             continue
         out += verdicts_of(attrs.get("optimization") if isinstance(attrs, dict) else None)
     return out
+
+
+def untrusted_message(khat: float, ess: float, num: int) -> str:
+    """The warning for an importance check of an approximation that failed."""
+    return (
+        f"Laplace importance check: Pareto k-hat {khat:.2f} > {KHAT_LIMIT} (effective draws "
+        f"{ess:.1f} of {num}): the Gaussian misses where the posterior's mass is, so its "
+        "draws were kept uncorrected and are not a trustworthy posterior; use NUTS, or give "
+        "the weakly identified sites proper priors"
+    )
+
+
+def _importance_message(tree: xr.DataTree) -> str | None:
+    """The warning of a failed importance check of an approximation (Laplace's
+    ``importance="psis"``: a Pareto k-hat above its limit), else ``None``."""
+    raw = tree.attrs.get("ucsciml_attrs")
+    try:
+        attrs = json.loads(raw) if isinstance(raw, str) else (raw or {})
+    except json.JSONDecodeError:
+        return None
+    record = (
+        (attrs.get("optimization") or {}).get("importance") if isinstance(attrs, dict) else None
+    )
+    if not isinstance(record, dict) or all(record.get("resampled", [True])):
+        return None
+    num = int(tree["posterior"].sizes["draw"])
+    return untrusted_message(max(record["pareto_k"]), min(record["ess"]), num)
 
 
 def variance_decomposition(
