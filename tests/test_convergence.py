@@ -272,7 +272,5 @@ def test_train_carries_a_warm_start_state_and_records_a_trace():
     # p equals the params the step started from, so the trace is 0 at every step
     np.testing.assert_allclose(trained.trace, 0.0, atol=0.0)
     assert trained.trace.shape == (200,)
-    np.testing.assert_allclose(
-        trained.losses[:5], (target * 0.8 ** np.arange(5)) ** 2, rtol=1e-5
-    )
+    np.testing.assert_allclose(trained.losses[:5], (target * 0.8 ** np.arange(5)) ** 2, rtol=1e-5)
     assert trained.verdict["converged"]
