@@ -232,14 +232,15 @@ def test_two_dimensional_poisson_acceptance():
     pde = Poisson2D(solution=sum_sin_cos_solution(6.0, 20.0))
     model = SpectralGP(pde=pde, grid=(200, 200))
     # The final solve must converge (fit warns otherwise, an error here): 1500 iterations
-    # stopped at relative residual 3e-5, so it gets up to 5000 to reach 1e-6.
+    # stopped at relative residual 3e-5 and 5000 at 2.0e-6, so it gets up to 20000 to reach
+    # 1e-6 (the cap only bounds the loop; measured: the whole test takes 148 s either way).
     result = _gp_solve.fit(
         model,
         num_steps=300,
         learning_rate=1e-1,
         cg_maxiter=150,
         cg_tol=1e-6,
-        cg_final_maxiter=5000,
+        cg_final_maxiter=20000,
     )
     axes = tuple(np.linspace(0.0, 2 * np.pi, 399) for _ in range(2))
     mesh = np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=-1)
