@@ -31,12 +31,17 @@ from ucsciml.diagnostics import KHAT_LIMIT, untrusted_message
 
 log = logging.getLogger(__name__)
 
+#: Fewest finite ratios whose tail PSIS can fit (a fifth of them, at least 5, form the tail).
+MIN_DRAWS = 25
 
-def smoothed_weights(log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
+
+def smoothed_weights(log_ratio: np.ndarray) -> tuple[np.ndarray, float | None]:
     r"""PSIS-smoothed, normalised weights of one set of log ratios ``(S,)``, and :math:`\hat k`.
 
     Non-finite ratios (a draw where the log joint is not finite) get weight 0; when none is
-    finite, ``ValueError``.
+    finite, ``ValueError``. With fewer than :data:`MIN_DRAWS` finite ratios no Pareto tail can
+    be fitted: the weights are the raw ratios, normalised, and :math:`\hat k` is ``None``
+    (not estimable, so not trusted).
     """
     log_ratio = np.asarray(log_ratio, dtype=float)
     finite = np.isfinite(log_ratio)
@@ -51,6 +56,9 @@ def smoothed_weights(log_ratio: np.ndarray) -> tuple[np.ndarray, float]:
         # equal ratios: q is p up to a constant where it drew; no tail to fit
         weights[finite] = 1.0
         return weights / weights.sum(), 0.0
+    if kept.size < MIN_DRAWS:
+        weights[finite] = np.exp(kept - kept.max())
+        return weights / weights.sum(), None
     log_weights, khat = array_stats.psislw(-kept)  # arviz takes -log ratios (LOO's sign)
     weights[finite] = np.exp(log_weights - np.max(log_weights))
     return weights / weights.sum(), float(khat)
@@ -74,7 +82,8 @@ def importance_resample(
     r"""Resample ``(chain, draw, ...)`` draws within each chain by PSIS weights.
 
     A chain whose :math:`\hat k` exceeds :data:`KHAT_LIMIT` keeps its draws as they are: its
-    weights are dominated by a few draws, and resampling would collapse it onto them. The
+    weights are dominated by a few draws, and resampling would collapse it onto them. So does
+    a chain of fewer than :data:`MIN_DRAWS` draws, whose :math:`\hat k` is ``None``. The
     failure is logged as a warning and recorded, so :func:`ucsciml.diagnostics.check` warns.
 
     Args:
@@ -91,7 +100,7 @@ def importance_resample(
     index, khats, ess, resampled = [], [], [], []
     for c in range(chains):
         weights, khat = smoothed_weights(log_ratio[c])
-        trusted = khat <= KHAT_LIMIT
+        trusted = khat is not None and khat <= KHAT_LIMIT
         keep = systematic_indices(jax.random.fold_in(key, c), weights)
         index.append(keep if trusted else np.arange(num))
         khats.append(khat)
@@ -101,7 +110,7 @@ def importance_resample(
     index = np.stack(index)
     out = {k: np.asarray(v)[rows, index] for k, v in draws.items()}
     if not all(resampled):
-        log.warning("%s", untrusted_message(max(khats), min(ess), num))
+        log.warning("%s", untrusted_message(khats, min(ess), num))
     record = {
         "method": "psis",
         "pareto_k": khats,

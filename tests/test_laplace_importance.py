@@ -94,6 +94,20 @@ def test_smoothed_weights_drop_non_finite_ratios():
         smoothed_weights(np.full(20, np.nan))
 
 
+def test_too_few_draws_for_a_pareto_fit_are_kept_unchecked_with_a_warning():
+    # PSIS fits a tail of a fifth of the draws, at least 5: 24 draws are too few.
+    weights, khat = smoothed_weights(np.random.default_rng(1).normal(size=24))
+    assert khat is None and weights.sum() == pytest.approx(1.0)
+    program, _ = _gamma_poisson()
+    posterior = Laplace(num_samples=24, importance="psis").run(program, jax.random.key(0))
+    record = posterior.attrs["optimization"]["importance"]
+    assert record["pareto_k"] == [None] and record["resampled"] == [False]
+    assert np.unique(posterior.samples["rate"]).size == 24
+    diag = uq.diagnostics.check(posterior.to_datatree())
+    assert diag.verdict == "warn"
+    assert any("too few to estimate the Pareto k-hat" in m for m in diag.messages)
+
+
 def test_bad_importance_setting_names_the_field():
     with pytest.raises(ValueError, match="Laplace.importance must be one of"):
         Laplace(importance="sir")

@@ -251,11 +251,18 @@ def _optimization_verdicts(tree: xr.DataTree) -> list[dict[str, Any]]:
     return out
 
 
-def untrusted_message(khat: float, ess: float, num: int) -> str:
-    """The warning for an importance check of an approximation that failed."""
+def untrusted_message(khats: list[float | None], ess: float, num: int) -> str:
+    """The warning for an importance check of an approximation that failed: a Pareto k-hat
+    above :data:`KHAT_LIMIT`, or one that could not be estimated (``None``: too few draws)."""
+    if any(k is None for k in khats):
+        return (
+            f"Laplace importance check: {num} draws are too few to estimate the Pareto k-hat "
+            "(PSIS needs at least 25), so the Gaussian draws were kept unchecked; raise "
+            "num_samples"
+        )
     return (
-        f"Laplace importance check: Pareto k-hat {khat:.2f} > {KHAT_LIMIT} (effective draws "
-        f"{ess:.1f} of {num}): the Gaussian misses where the posterior's mass is, so its "
+        f"Laplace importance check: Pareto k-hat {max(khats):.2f} > {KHAT_LIMIT} (effective "
+        f"draws {ess:.1f} of {num}): the Gaussian misses where the posterior's mass is, so its "
         "draws were kept uncorrected and are not a trustworthy posterior; use NUTS, or give "
         "the weakly identified sites proper priors"
     )
@@ -275,7 +282,7 @@ def _importance_message(tree: xr.DataTree) -> str | None:
     if not isinstance(record, dict) or all(record.get("resampled", [True])):
         return None
     num = int(tree["posterior"].sizes["draw"])
-    return untrusted_message(max(record["pareto_k"]), min(record["ess"]), num)
+    return untrusted_message(list(record["pareto_k"]), min(record["ess"]), num)
 
 
 def variance_decomposition(
