@@ -101,8 +101,10 @@ def importance_resample(
     for c in range(chains):
         weights, khat = smoothed_weights(log_ratio[c])
         trusted = khat is not None and khat <= KHAT_LIMIT
-        keep = systematic_indices(jax.random.fold_in(key, c), weights)
-        index.append(keep if trusted else np.arange(num))
+        keep = np.arange(num)  # an untrusted correction leaves the draws as they are
+        if trusted:
+            keep = systematic_indices(jax.random.fold_in(key, c), weights)
+        index.append(keep)
         khats.append(khat)
         ess.append(float(1.0 / np.sum(weights**2)))
         resampled.append(bool(trusted))

@@ -242,13 +242,20 @@ def _optimization_verdicts(tree: xr.DataTree) -> list[dict[str, Any]]:
     trees written before verdicts existed or by other tools."""
     out = []
     for name in ("ucsciml_program_attrs", "ucsciml_attrs"):
-        raw = tree.attrs.get(name)
-        try:
-            attrs = json.loads(raw) if isinstance(raw, str) else (raw or {})
-        except json.JSONDecodeError:
-            continue
-        out += verdicts_of(attrs.get("optimization") if isinstance(attrs, dict) else None)
+        out += verdicts_of(_stored_optimization(tree, name))
     return out
+
+
+def _stored_optimization(tree: xr.DataTree, name: str) -> dict[str, Any] | None:
+    """The ``optimization`` record in the tree's JSON attribute ``name``, or ``None`` when the
+    attribute is missing, unreadable or holds none."""
+    raw = tree.attrs.get(name)
+    try:
+        attrs = json.loads(raw) if isinstance(raw, str) else (raw or {})
+    except json.JSONDecodeError:
+        return None
+    record = attrs.get("optimization") if isinstance(attrs, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def untrusted_message(khats: list[float | None], ess: float, num: int) -> str:
@@ -271,14 +278,7 @@ def untrusted_message(khats: list[float | None], ess: float, num: int) -> str:
 def _importance_message(tree: xr.DataTree) -> str | None:
     """The warning of a failed importance check of an approximation (Laplace's
     ``importance="psis"``: a Pareto k-hat above its limit), else ``None``."""
-    raw = tree.attrs.get("ucsciml_attrs")
-    try:
-        attrs = json.loads(raw) if isinstance(raw, str) else (raw or {})
-    except json.JSONDecodeError:
-        return None
-    record = (
-        (attrs.get("optimization") or {}).get("importance") if isinstance(attrs, dict) else None
-    )
+    record = (_stored_optimization(tree, "ucsciml_attrs") or {}).get("importance")
     if not isinstance(record, dict) or all(record.get("resampled", [True])):
         return None
     num = int(tree["posterior"].sizes["draw"])
