@@ -343,3 +343,41 @@ def test_heat_inverse_from_a_sensor_csv_with_an_unknown_initial_condition(tmp_pa
     lo, hi = pred.quantile([0.05, 0.95], dim=("chain", "draw")).values
     coverage = np.mean((lo <= field(*grid)) & (field(*grid) <= hi))
     assert 0.8 <= coverage <= 1.0
+
+
+def test_the_normal_kernel_prior_is_proper_and_scaled_to_the_data():
+    from numpyro.infer.util import log_density
+    from scipy import stats
+
+    model = _heat_model(
+        grid=(8, 6), fit_steps=5, fit_lbfgs_steps=0, kernel_posterior=True, kernel_prior="normal"
+    )
+    data = synthetic_sensors(model.pde, 20, 0.01, 0)
+    program = model.compile(data)
+    assert {"eta_x", "mu_x", "log_ell_t", "kappa"} <= set(program.latent_sites())
+    spread = float(np.std(sensor_data.observations(data)))
+    priors = gp_program.kernel_priors(model, spread)
+    # Closed form: the kernel sites' log prior is a sum of Normal and Uniform log densities,
+    # centred so the product kernel's variance (2 axes, 2 components each) is spread**2.
+    values = {**_sites(model), "eta_x": jnp.array([-1.0, 0.5]), "log_ell_t": jnp.array([0.2, 3.0])}
+    centre = np.log(spread**2) / 2 - np.log(2)
+    expected = 0.0
+    for c in ("x", "t"):
+        length = np.ptp(model.pde.domain[c])
+        expected += stats.norm(centre, 2.0).logpdf(np.asarray(values[f"eta_{c}"])).sum()
+        expected += stats.norm(np.log(length), 2.0).logpdf(np.asarray(values[f"log_ell_{c}"])).sum()
+        top = gp_program.resolvable(model.spacings()[model.pde.coords.index(c)])
+        expected += 2 * -np.log(top)
+    ours = sum(float(priors[k].log_prob(values[k])) for k in priors)
+    np.testing.assert_allclose(ours, expected, rtol=1e-10)
+    # In the program the prior adds exactly that to the flat model's log joint.
+    latent_noise = "sensor_noise" not in program.inputs
+    flat = gp_program.evidence_model(model, None, latent_noise, 0.0)
+    proper = gp_program.evidence_model(model, None, latent_noise, 0.0, priors=priors)
+    gap = (
+        log_density(proper, (program.inputs,), {}, values)[0]
+        - log_density(flat, (program.inputs,), {}, values)[0]
+    )
+    np.testing.assert_allclose(gap, expected, rtol=1e-10)
+    with pytest.raises(ValueError, match="kernel_prior must be one of"):
+        dataclasses.replace(model, kernel_prior="gamma")

@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
@@ -87,6 +88,42 @@ def frequency_bounds(model) -> dict[str, constraints.Constraint]:
         f"mu_{c}": constraints.interval(0.0, resolvable(h))
         for c, h in zip(model.pde.coords, model.spacings(), strict=True)
     }
+
+
+#: Choices of ``SpectralGP.kernel_prior``.
+KERNEL_PRIORS = ("flat", "normal")
+#: Sd of the Normal priors on ``eta`` and ``log_ell`` (``kernel_prior="normal"``): a factor
+#: of ~7 either way at one sd, ~55 at two, of weight and length-scale around their centres.
+KERNEL_PRIOR_SCALE = 2.0
+
+
+def kernel_priors(model, spread: float) -> dict[str, dist.Distribution]:
+    r"""Proper, weakly informative priors of the kernel's sites (``kernel_prior="normal"``).
+
+    Per coordinate :math:`c` of length :math:`L_c` with :math:`Q` components and :math:`D`
+    coordinates: :math:`\eta_{c,q} \sim \mathcal N(\log(s^2)/D - \log Q, 2)`, so the product
+    kernel's variance is centred on the sensor values' variance :math:`s^2` (and the amplitude
+    shared between the axes' kernels, flat under the Jeffreys prior, is pinned);
+    :math:`\log \ell_{c,q} \sim \mathcal N(\log L_c, 2)` (from a fiftieth of the domain to
+    fifty domains at two sd); spectral means uniform on ``[0, f_max]``. Unlike the flat
+    default, the posterior is proper: components the data do not need keep their prior
+    instead of drifting to zero weight or infinite length, and NUTS can sample the kernel.
+    """
+    count = len(model.pde.coords)
+    bounds = frequency_bounds(model)
+    q = model.num_components if model.kernel in sk.MIXTURES else 1
+    centre = np.log(max(spread, 1e-12) ** 2) / count - np.log(q)
+    out: dict[str, dist.Distribution] = {}
+    for c in model.pde.coords:
+        lo, hi = model.pde.domain[c]
+        out[f"eta_{c}"] = dist.Normal(jnp.full((q,), centre), KERNEL_PRIOR_SCALE).to_event(1)
+        out[f"log_ell_{c}"] = dist.Normal(
+            jnp.full((q,), np.log(hi - lo)), KERNEL_PRIOR_SCALE
+        ).to_event(1)
+        if f"mu_{c}" in bounds:
+            top = bounds[f"mu_{c}"].upper_bound
+            out[f"mu_{c}"] = dist.Uniform(jnp.zeros((q,)), jnp.full((q,), top)).to_event(1)
+    return out
 
 
 def resolvable(spacing: float) -> float:

@@ -11,7 +11,7 @@ scattered sensors, the PDE residual at every grid point and optional Dirichlet r
 2. returns a :class:`~ucsciml.Program` whose latent sites are the PDE's unknowns,
    ``log_tau2`` (and ``log_tau1``, ``log_noise`` where present), with the kernel fixed at its
    fit (empirical Bayes over the kernel) or, with ``kernel_posterior``, the kernel sites too
-   (flat densities); every site starts at the fit (:class:`StartAt`), and the density is the
+   (flat densities, or proper ones with ``kernel_prior="normal"``); every site starts at the fit (:class:`StartAt`), and the density is the
    exact evidence of the data under the physics-conditioned GP prior
    (``numpyro.factor("evidence", ...)``,
    :func:`~ucsciml.models.spectral_gp._gp_evidence.data_evidence`). Any backend then gives
@@ -51,6 +51,7 @@ from ucsciml.models.spectral_gp import _spectral_kernels as sk
 from ucsciml.models.spectral_gp._gp_data import (
     check_linear,
     frequency_bounds,
+    kernel_priors,
     kernel_sites,
     resolvable,
     sensor_inputs,
@@ -78,8 +79,8 @@ class FlatAt(dist.Distribution):
     NumPyro's ``ImproperUniform`` cannot be sampled, so seeded traces and
     ``init_to_sample`` would fail; returning the model's deterministic starting value instead
     makes every backend start where the paper does. Posterior propriety over these sites is not
-    guaranteed (a pruned component's ``eta`` is unbounded below): use MAP, or NUTS on a
-    program with proper priors.
+    guaranteed (a pruned component's ``eta`` is unbounded below): use MAP or Laplace, or
+    ``SpectralGP(kernel_prior="normal")`` (proper priors) to sample the kernel with NUTS.
     """
 
     support = constraints.real_vector
@@ -159,13 +160,14 @@ def compile_sensors(model, data) -> Program:
     latent_noise = "sensor_noise" not in inputs
     spread = float(np.std(np.asarray(inputs["sensor_values"]))) or 1.0
     noise_loc = float(np.log(0.1 * spread))
-    full = evidence_model(model, None, latent_noise, noise_loc)
+    priors = kernel_priors(model, spread) if model.kernel_prior == "normal" else None
+    full = evidence_model(model, None, latent_noise, noise_loc, priors=priors)
     fitted, verdict = fit_hyperparameters(model, full, inputs, latent_noise, noise_loc)
     warn_unresolved(model, fitted)
     kernel = {k: fitted[k] for k in kernel_sites(model)}
     # Every backend starts at the fit (the posterior's mode); the densities are unchanged.
     if model.kernel_posterior:
-        fn = evidence_model(model, None, latent_noise, noise_loc, start=fitted)
+        fn = evidence_model(model, None, latent_noise, noise_loc, start=fitted, priors=priors)
     else:
         fn = evidence_model(model, kernel, latent_noise, noise_loc, start=fitted)
     truth = {k: v.truth for k, v in model.pde.unknowns().items() if v.truth is not None}
@@ -192,13 +194,19 @@ def compile_sensors(model, data) -> Program:
 
 
 def evidence_model(
-    model, kernel: dict | None, latent_noise: bool, noise_loc: float, start: dict | None = None
+    model,
+    kernel: dict | None,
+    latent_noise: bool,
+    noise_loc: float,
+    start: dict | None = None,
+    priors: dict | None = None,
 ):
-    """The NumPyro model ``fn(inputs, targets=None)``: kernel sites flat (``kernel=None``) or
-    fixed, the PDE's unknowns with their priors, the precisions, the exact evidence; with
-    ``inputs["query"]`` it draws the field there instead (site ``u``). ``start``: fitted
-    values the sites' seeded draws return (kernel sites: their flat density's value; the
-    others: :class:`StartAt` their prior), so that backends start at the fit."""
+    """The NumPyro model ``fn(inputs, targets=None)``: kernel sites latent (``kernel=None``)
+    or fixed, the PDE's unknowns with their priors, the precisions, the exact evidence; with
+    ``inputs["query"]`` it draws the field there instead (site ``u``). Latent kernel sites
+    have ``priors[name]`` (:func:`~ucsciml.models.spectral_gp._gp_data.kernel_priors`) or,
+    without ``priors``, flat densities. ``start``: fitted values the sites' seeded draws
+    return (:class:`FlatAt`, :class:`StartAt`), so that backends start at the fit."""
     init = {**start_values(model), **(start or {})}
     scale = model.tau_prior_scale
     bounds = frequency_bounds(model)
@@ -207,7 +215,11 @@ def evidence_model(
         sites = dict(kernel) if kernel is not None else {}
         if kernel is None:
             for name in kernel_sites(model):
-                sites[name] = numpyro.sample(name, FlatAt(init[name], bounds.get(name)))
+                if priors is None:
+                    base = FlatAt(init[name], bounds.get(name))
+                else:
+                    base = StartAt(priors[name], init[name])
+                sites[name] = numpyro.sample(name, base)
         for name, value in model.pde.unknowns().items():
             sites[name] = numpyro.sample(name, _prior(value.prior, start, name))
         tau2 = _prior(dist.Normal(0.0, scale), start, "log_tau2")

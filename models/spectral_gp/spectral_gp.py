@@ -42,6 +42,7 @@ from jax.scipy.linalg import cholesky, solve_triangular
 from ucsciml._types import Array
 from ucsciml.models.spectral_gp import _kron
 from ucsciml.models.spectral_gp import _spectral_kernels as sk
+from ucsciml.models.spectral_gp._gp_data import KERNEL_PRIORS
 from ucsciml.models.spectral_gp._gp_program import BOUNDARY, COLLOCATION, FlatAt, compile_sensors
 from ucsciml.models.spectral_gp._gp_solve import SpectralGPFit, fit, posterior_draws, predict
 from ucsciml.pde.base import AbstractPDE, Unknown
@@ -103,6 +104,12 @@ class SpectralGP:
             (started at their type-II fit) so the backend's posterior includes the kernel's
             uncertainty; ``False`` fixes them at the fit (empirical Bayes: faster, but the
             coefficients' intervals are conditional on one kernel and measured too narrow).
+        kernel_prior: with sensor data, the kernel sites' prior: ``"flat"`` (Fang et al.:
+            flat on ``eta`` and ``log_ell``, uniform spectral means; improper, so only the
+            type-II fit and a Laplace around it apply) or ``"normal"`` (proper, weakly
+            informative, scaled to the data and domain:
+            :func:`~ucsciml.models.spectral_gp._gp_data.kernel_priors`; needed to sample the
+            kernel with NUTS).
 
     Example:
         >>> import ucsciml as uq
@@ -134,6 +141,7 @@ class SpectralGP:
     fit_lbfgs_steps: int = 300
     collocation: str = "auto"
     kernel_posterior: bool = False
+    kernel_prior: str = "flat"
 
     def __post_init__(self):
         if not isinstance(self.pde, AbstractPDE):
@@ -162,6 +170,10 @@ class SpectralGP:
         if self.boundary not in BOUNDARY:
             raise ValueError(
                 f"SpectralGP.boundary must be one of {BOUNDARY}, got {self.boundary!r}"
+            )
+        if self.kernel_prior not in KERNEL_PRIORS:
+            raise ValueError(
+                f"SpectralGP.kernel_prior must be one of {KERNEL_PRIORS}, got {self.kernel_prior!r}"
             )
         if self.collocation not in COLLOCATION:
             raise ValueError(
