@@ -12,8 +12,8 @@ scattered sensors, the PDE residual at every grid point and optional Dirichlet r
    ``log_tau2`` (and ``log_tau1``, ``log_noise`` where present), with the kernel fixed at its
    fit (empirical Bayes over the kernel) or, with ``kernel_posterior``, the kernel sites too
    (flat densities, or proper ones with ``kernel_prior="normal"``); every site starts at the
-   fit (:class:`StartAt`), and the density is the exact evidence of the data under the physics-conditioned GP prior
-   (``numpyro.factor("evidence", ...)``,
+   fit (:class:`StartAt`), and the density is the exact evidence of the data under the
+   physics-conditioned GP prior (``numpyro.factor("evidence", ...)``,
    :func:`~ucsciml.models.spectral_gp._gp_evidence.data_evidence`). Any backend then gives
    the coefficients a posterior; ``Posterior.predict`` draws the field at new points from
    its exact conditional given each draw (site ``u``: a joint draw of the grid values plus
