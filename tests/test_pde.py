@@ -117,3 +117,32 @@ def test_bad_derivative_names():
         uq.pde.derivative_indices("u_xz", ("x", "t"))
     with pytest.raises(ValueError, match="look like"):
         uq.pde.derivative_indices("v_x", ("x", "t"))
+
+
+def test_advection_reference_is_the_travelling_wave_at_the_true_speed():
+    """``Advection`` without a solution: ``sin(x - beta t)`` at beta's truth, an exact zero of
+    the residual with zero forcing for every beta; a given solution manufactures its forcing;
+    the case-file name builds it; an Unknown speed without truth cannot make synthetic data."""
+    from ucsciml import config
+    from ucsciml.pde import Advection
+    from ucsciml.pde.manufactured import sin_solution
+
+    rng = np.random.default_rng(0)
+    pts = np.stack([rng.uniform(0, 2 * np.pi, 50), rng.uniform(0, 1, 50)], axis=1)
+    pde = Advection(beta=Unknown(dist.LogNormal(0.0, 1.0), truth=1.5))
+    np.testing.assert_allclose(pde.solve(pts), np.sin(pts[:, 0] - 1.5 * pts[:, 1]), rtol=1e-15)
+    np.testing.assert_allclose(pde.solve(pts, {"beta": 3.0}), np.sin(pts[:, 0] - 3 * pts[:, 1]))
+    assert np.all(np.asarray(pde.source(pts)) == 0.0)
+    d = derivatives(
+        lambda p: jnp.sin(p[:, 0] - 1.5 * p[:, 1]), jnp.asarray(pts), ("u_x", "u_t"), ("x", "t")
+    )
+    np.testing.assert_allclose(
+        pde.residual({**d, "f": pde.source(pts)}, {"beta": 1.5}), 0.0, atol=1e-6
+    )
+    # A manufactured solution keeps the manufactured forcing: L[sin x] = beta cos x.
+    other = Advection(beta=2.0, solution=sin_solution(1.0))
+    np.testing.assert_allclose(other.source(pts), 2.0 * np.cos(pts[:, 0]), rtol=1e-5, atol=1e-6)
+    built = config.build({"name": "advection", "beta": 1.5}, "pde")
+    assert isinstance(built, Advection) and built.beta == 1.5
+    with pytest.raises(ValueError, match="truth"):
+        Advection(beta=Unknown(dist.LogNormal(0.0, 1.0))).solve(pts)

@@ -30,6 +30,7 @@ class Family(NamedTuple):
 
 
 PDES: dict[str, str] = {
+    "advection": "ucsciml.pde.advection:Advection",
     "burgers": "ucsciml.pde.burgers:Burgers",
     "heat": "ucsciml.pde.heat:Heat",
     "navier_stokes": "ucsciml.pde.navier_stokes:NavierStokes2D",
