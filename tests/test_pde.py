@@ -139,6 +139,8 @@ def test_advection_reference_is_the_travelling_wave_at_the_true_speed():
     np.testing.assert_allclose(
         pde.residual({**d, "f": pde.source(pts)}, {"beta": 1.5}), 0.0, atol=1e-6
     )
+    # A solver that passes no forcing (the B-PINN) gets the same residual.
+    np.testing.assert_allclose(pde.residual(d, {"beta": 1.5}), 0.0, atol=1e-6)
     # A manufactured solution keeps the manufactured forcing: L[sin x] = beta cos x.
     other = Advection(beta=2.0, solution=sin_solution(1.0))
     np.testing.assert_allclose(other.source(pts), 2.0 * np.cos(pts[:, 0]), rtol=1e-5, atol=1e-6)

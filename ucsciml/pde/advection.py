@@ -41,6 +41,13 @@ class Advection(AbstractManufacturedPDE):
     def operator(self, derivs: Mapping[str, Array], params: Mapping[str, Array]) -> Array:
         return params["beta"] * derivs["u_x"] + derivs["u_t"]
 
+    def residual(self, derivs: Mapping[str, Array], params: Mapping[str, Array]) -> Array:
+        """``beta u_x + u_t - f``; without a ``solution`` the forcing is zero and ``f`` may be
+        left out of ``derivs`` (a solver that does not pass forcing, e.g. the B-PINN)."""
+        if self.solution is None and "f" not in derivs:
+            return self.operator(derivs, params)
+        return super().residual(derivs, params)
+
     def source(self, points: Array, params: Mapping[str, float] | None = None) -> Array:
         """The forcing at ``points``: zero for the travelling wave, else manufactured."""
         if self.solution is None:
