@@ -300,6 +300,34 @@ def test_kronecker_jacobi_preconditioner_is_the_diagonal_in_its_basis(boundary):
     assert jnp.linalg.cond(root @ prec @ root) < jnp.linalg.cond(prec) / 4
 
 
+def _run_csv_case(tmp_path, monkeypatch, field, x, t, rng, case: str):
+    """Write scattered sensors of ``field`` at ``(x, t)`` with 1% noise (drawn from
+    ``rng``) to a CSV next to ``case`` (a case file's text reading ``sensors.csv``), run it,
+    and return the run's metrics, its DataTree and the share of the true field on the
+    evaluation grid inside the saved 90% band."""
+    import xarray as xr
+
+    from ucsciml import config
+    from ucsciml.runner import run_case
+
+    values = field(x, t)
+    sd = 0.01 * np.std(values)
+    rows = [
+        f"{a:.9f},{b:.9f},{c:.9f},{sd:.9f}"
+        for a, b, c in zip(x, t, values + sd * rng.normal(size=values.size), strict=True)
+    ]
+    (tmp_path / "sensors.csv").write_text("x,t,u,noise_std\n" + "\n".join(rows) + "\n")
+    (tmp_path / "case.toml").write_text(case)
+    monkeypatch.chdir(tmp_path.parent)  # the data path resolves against the case file
+    result = run_case(config.load_case(tmp_path / "case.toml"), out=tmp_path / "run")
+    tree = xr.open_datatree(tmp_path / "run" / "posterior.nc")
+    pred = tree["predictions"]["u"]
+    grid = np.meshgrid(pred["x"].values, pred["t"].values, indexing="ij")
+    lo, hi = pred.quantile([0.05, 0.95], dim=("chain", "draw")).values
+    coverage = float(np.mean((lo <= field(*grid)) & (field(*grid) <= hi)))
+    return result.metrics, tree, coverage
+
+
 @pytest.mark.slow
 def test_heat_inverse_from_a_sensor_csv_with_an_unknown_initial_condition(tmp_path, monkeypatch):
     """A problem the case studies do not hold: a two-mode initial condition, kappa = 0.07,
@@ -307,11 +335,6 @@ def test_heat_inverse_from_a_sensor_csv_with_an_unknown_initial_condition(tmp_pa
     field (never scored against the PDE's own reference solution, which is a different
     field); kappa within 2% with the truth inside its 90% interval, and the saved field band
     covers the true field."""
-    import xarray as xr
-
-    from ucsciml import config
-    from ucsciml.runner import run_case
-
     kappa, rng = 0.07, np.random.default_rng(7)
 
     def field(x, t):
@@ -319,34 +342,26 @@ def test_heat_inverse_from_a_sensor_csv_with_an_unknown_initial_condition(tmp_pa
         return -decay * np.sin(np.pi * x) + 0.5 * decay**4 * np.sin(2 * np.pi * x)
 
     x, t = rng.uniform(-1, 1, 150), rng.uniform(0, 1, 150)
-    values = field(x, t)
-    sd = 0.01 * np.std(values)
-    rows = [
-        f"{a:.9f},{b:.9f},{c:.9f},{sd:.9f}"
-        for a, b, c in zip(x, t, values + sd * rng.normal(size=150), strict=True)
-    ]
-    (tmp_path / "sensors.csv").write_text("x,t,u,noise_std\n" + "\n".join(rows) + "\n")
-    (tmp_path / "case.toml").write_text(
+    metrics, tree, coverage = _run_csv_case(
+        tmp_path,
+        monkeypatch,
+        field,
+        x,
+        t,
+        rng,
         '[case]\nname = "unseen_heat"\nseed = 0\nbackend = "laplace"\n'
         '[pde]\nname = "heat"\nkappa = { prior = "LogNormal", loc = -1.6, scale = 1.0 }\n'
         '[data]\nsource = "file"\npath = "sensors.csv"\n'
         '[model]\nname = "spectral_gp"\ngrid = [16, 16]\nnum_components = 5\n'
         "fit_steps = 300\nfit_lbfgs_steps = 100\nkernel_posterior = true\n"
         "[backend.laplace]\nnum_samples = 200\n"
-        "[backend.laplace.map]\nadam_steps = 200\nlearning_rate = 0.05\nlbfgs_steps = 200\n"
+        "[backend.laplace.map]\nadam_steps = 200\nlearning_rate = 0.05\nlbfgs_steps = 200\n",
     )
-    monkeypatch.chdir(tmp_path.parent)  # the data path resolves against the case file
-    result = run_case(config.load_case(tmp_path / "case.toml"), out=tmp_path / "run")
-    row = result.metrics["parameters"]["kappa"]
+    row = metrics["parameters"]["kappa"]
     assert abs(row["mean"] - kappa) / kappa < 0.02
     assert row["q05"] <= kappa <= row["q95"]
-    assert result.metrics["field"] == {}
-    tree = xr.open_datatree(tmp_path / "run" / "posterior.nc")
+    assert metrics["field"] == {}
     assert "predictions_constant_data" not in tree.children
-    pred = tree["predictions"]["u"]
-    grid = np.meshgrid(pred["x"].values, pred["t"].values, indexing="ij")
-    lo, hi = pred.quantile([0.05, 0.95], dim=("chain", "draw")).values
-    coverage = np.mean((lo <= field(*grid)) & (field(*grid) <= hi))
     assert 0.8 <= coverage <= 1.0
 
 
@@ -356,42 +371,30 @@ def test_advection_speed_from_a_case_file_and_a_sensor_csv(tmp_path, monkeypatch
     unknown speed, 150 scattered sensors of a two-harmonic travelling wave in a CSV (1%
     noise), no forcing or boundary data given (the homogeneous equation). beta within 1% with
     the truth inside its 90% interval, and the saved field band holds the true field."""
-    import xarray as xr
-
-    from ucsciml import config
-    from ucsciml.runner import run_case
-
     beta, rng = 1.5, np.random.default_rng(7)
 
     def field(x, t):
         return np.sin(x - beta * t) + 0.5 * np.cos(2 * (x - beta * t))
 
     x, t = rng.uniform(0, 2 * np.pi, 150), rng.uniform(0, 1, 150)
-    values = field(x, t)
-    sd = 0.01 * np.std(values)
-    rows = [
-        f"{a:.9f},{b:.9f},{c:.9f},{sd:.9f}"
-        for a, b, c in zip(x, t, values + sd * rng.normal(size=150), strict=True)
-    ]
-    (tmp_path / "sensors.csv").write_text("x,t,u,noise_std\n" + "\n".join(rows) + "\n")
-    (tmp_path / "case.toml").write_text(
+    metrics, _, coverage = _run_csv_case(
+        tmp_path,
+        monkeypatch,
+        field,
+        x,
+        t,
+        rng,
         '[case]\nname = "unseen_advection"\nseed = 0\nbackend = "laplace"\n'
         '[pde]\nname = "advection"\nbeta = { prior = "LogNormal", loc = 0.0, scale = 1.0 }\n'
         '[data]\nsource = "file"\npath = "sensors.csv"\n'
         '[model]\nname = "spectral_gp"\ngrid = [16, 16]\nnum_components = 5\n'
         "fit_steps = 300\nfit_lbfgs_steps = 200\nkernel_posterior = true\n"
         "[backend.laplace]\nnum_samples = 200\n"
-        "[evaluation]\ngrid = [41, 21]\n"
+        "[evaluation]\ngrid = [41, 21]\n",
     )
-    monkeypatch.chdir(tmp_path.parent)  # the data path resolves against the case file
-    result = run_case(config.load_case(tmp_path / "case.toml"), out=tmp_path / "run")
-    row = result.metrics["parameters"]["beta"]
+    row = metrics["parameters"]["beta"]
     assert abs(row["mean"] - beta) / beta < 0.01
     assert row["q05"] <= beta <= row["q95"]
-    pred = xr.open_datatree(tmp_path / "run" / "posterior.nc")["predictions"]["u"]
-    grid = np.meshgrid(pred["x"].values, pred["t"].values, indexing="ij")
-    lo, hi = pred.quantile([0.05, 0.95], dim=("chain", "draw")).values
-    coverage = np.mean((lo <= field(*grid)) & (field(*grid) <= hi))
     assert 0.8 <= coverage <= 1.0
 
 
