@@ -54,6 +54,16 @@ class DeepEnsemble:
     gradients); other sites keep their plain terms, so with non-Gaussian priors, a latent
     noise scale or a nonlinear model the ensemble is an approximation.
 
+    **Antithetic pairs** (``antithetic=True``, the default when anchored): member ``2k+1``
+    takes member ``2k``'s anchor and noise reflected through the prior's location and the
+    data, :math:`a_{2k+1} = 2\mu_0 - a_{2k}` (in the Gaussian base of each site, parents
+    first, so the pair are both prior draws) and :math:`\xi_{2k+1} = -\xi_{2k}`. For a
+    linear-Gaussian model the minimiser is affine in :math:`(a, \xi)`, so each pair averages
+    to the posterior mean exactly and the ensemble mean carries no Monte Carlo error; the
+    spread is estimated from the ``M/2`` pairs. Each member still starts from its own prior
+    draw; an odd ``M`` leaves the last member unpaired. Antithetic variates: Hammersley &
+    Morton (1956), A new Monte Carlo technique: antithetic variates, Proc. Camb. Phil. Soc.
+
     **Layout.** Members are the ``draw`` axis of a single chain: samples have shape
     ``(chain=1, draw=num_members, ...)``, so pooled statistics over ``(chain, draw)`` are
     ensemble statistics and ArviZ's conventions (draws outnumber chains) hold. Member ``m``
@@ -71,6 +81,8 @@ class DeepEnsemble:
         map: each member's MAP fit (:class:`~ucsciml.inference.MAPFit`; default 3000 Adam
             steps at 1e-2, then 200 L-BFGS steps).
         anchored: randomise-then-optimise members (see above).
+        antithetic: anchored members in antithetic pairs (see above); ignored unless
+            ``anchored``.
         shard: split members across devices when there are several.
         checkpoint_dir: folder for checkpoints of the member fits (``None``: none): all
             members' optimiser states and losses are saved after every chunk of each phase
@@ -96,6 +108,7 @@ class DeepEnsemble:
     num_members: int = 8
     map: MAPFit = map_field(adam_steps=3000, learning_rate=1e-2, lbfgs_steps=200)
     anchored: bool = False
+    antithetic: bool = True
     shard: bool = True
     checkpoint_dir: str | None = None
     num_steps: int | None = legacy("adam_steps")
@@ -107,7 +120,7 @@ class DeepEnsemble:
         value = self.num_members
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"DeepEnsemble.num_members must be an integer >= 1, got {value!r}")
-        for name in ("anchored", "shard"):
+        for name in ("anchored", "antithetic", "shard"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DeepEnsemble.{name} must be true or false")
 
@@ -223,10 +236,10 @@ class DeepEnsemble:
         executable per model, data shapes and settings (:func:`_anchored_fitter`)."""
         _log_unanchored(program)
         fit, shards = _anchored_fitter(
-            ProgramSignature(program), self.map, self.num_members, self.shard
+            ProgramSignature(program), self.map, self.num_members, self.shard, self.antithetic
         )
         data = tile((program.inputs, program.targets), self.num_members)
-        z, losses, grads = fit((keys, *data), checkpoint=slot)
+        z, losses, grads = fit((keys, *_pairing(keys, self.antithetic), *data), checkpoint=slot)
         return z, losses, grads, shards
 
     def _fitter(self, program: Program, batch: int):
@@ -296,13 +309,25 @@ def _map_fitter(signature, settings, batch, shard):
     return fit, shards
 
 
+def _pairing(keys, antithetic: bool):
+    """Per member the key of its anchor and noise and their sign: with ``antithetic``,
+    member ``2k+1`` reuses member ``2k``'s key with sign -1 (an odd last member keeps its
+    own key, sign +1); otherwise every member its own key, sign +1."""
+    m = np.arange(len(keys))
+    partner = m - m % 2 if antithetic else m
+    signs = np.where(partner != m, -1.0, 1.0)
+    return keys[partner], jnp.asarray(signs)
+
+
 @functools.lru_cache(maxsize=8)
-def _anchored_fitter(signature, settings, num_members, shard):
-    """``fit((keys, inputs, targets)) -> (z, losses, end_checks)``: ``num_members``
-    randomise-then-optimise fits with the data as traced arguments (leading member axis on
-    all three): member ``m`` starts from a prior draw and minimises the potential anchored on
-    another prior draw and on data perturbed by the likelihood noise, all from its key.
-    Cached per model, data shapes and settings, like :func:`_map_fitter`."""
+def _anchored_fitter(signature, settings, num_members, shard, antithetic=False):
+    """``fit((keys, anchor_keys, signs, inputs, targets)) -> (z, losses, end_checks)``:
+    ``num_members`` randomise-then-optimise fits with the data as traced arguments (leading
+    member axis on all five): member ``m`` starts from a prior draw from its key and
+    minimises the potential anchored on a prior draw and on data perturbed by the
+    likelihood noise, both from its anchor key and reflected where its sign is -1 (see
+    :func:`_pairing`). Cached per model, data shapes and settings, like
+    :func:`_map_fitter`."""
     program = signature.program
     family = family_of(signature)
     anchored = potential_family(
@@ -311,17 +336,20 @@ def _anchored_fitter(signature, settings, num_members, shard):
         _anchored_model(program.fn),
         anchors=_prior_draw(program, jax.random.key(0)),
         noise_key=jax.random.key(0),
+        sign=1.0,
     )
 
     def member_potential(args):
-        member_key, inputs, targets = args
-        _, anchor_key, noise_key = jax.random.split(member_key, 3)
-        anchors = _prior_draw(program, anchor_key, inputs, targets)
-        return anchored.make(inputs=inputs, targets=targets, anchors=anchors, noise_key=noise_key)
+        _, anchor_key, sign, inputs, targets = args
+        _, anchor_key, noise_key = jax.random.split(anchor_key, 3)
+        anchors = _prior_draw(program, anchor_key, inputs, targets, sign if antithetic else None)
+        return anchored.make(
+            inputs=inputs, targets=targets, anchors=anchors, noise_key=noise_key, sign=sign
+        )
 
     fitter = MapFitter(member_potential, num_members, settings, shard=shard)
     starts = map_chains(
-        lambda a: family.init(jax.random.split(a[0], 3)[0], inputs=a[1], targets=a[2]),
+        lambda a: family.init(jax.random.split(a[0], 3)[0], inputs=a[3], targets=a[4]),
         num_members,
         shard=shard,
     )
@@ -338,20 +366,53 @@ def _rows(tree, start: int, stop: int):
     return jax.tree.map(lambda x: jnp.asarray(x)[start:stop], tree)
 
 
-def _prior_draw(program: Program, key: PRNGKey, inputs=None, targets=None) -> dict:
-    """A prior draw of the latent sites (at the given data, else the program's)."""
-    trace = program.trace(key, inputs, targets)
+def _prior_draw(program: Program, key: PRNGKey, inputs=None, targets=None, sign=None) -> dict:
+    """A prior draw of the latent sites (at the given data, else the program's); with a
+    ``sign`` (possibly traced), Gaussian-based sites are reflected through their location
+    where it is -1 (:class:`_Reflect`)."""
+    if sign is None:
+        trace = program.trace(key, inputs, targets)
+    else:
+        args = program.inputs if inputs is None else inputs
+        obs = program.targets if inputs is None else targets
+        seeded = _Reflect(sign, handlers.seed(program.fn, key))
+        trace = handlers.trace(seeded).get_trace(args, targets=obs)
     return {
         k: s["value"] for k, s in trace.items() if s["type"] == "sample" and not s["is_observed"]
     }
 
 
 def _anchored_model(fn):
-    def model(inputs, targets=None, *, anchors, noise_key):
-        with _Anchor(anchors, noise_key):
+    def model(inputs, targets=None, *, anchors, noise_key, sign):
+        with _Anchor(anchors, noise_key, sign):
             fn(inputs, targets=targets)
 
     return model
+
+
+class _Reflect(Messenger):
+    """Draws each latent ``Normal``/``LogNormal``/``MultivariateNormal`` site as usual and,
+    where ``sign`` is -1, reflects it through its location (in the Gaussian base). Sites run
+    in order, so a child's location already holds its reflected parents: with the same seed
+    the two signs are a pair of prior draws whose standard-normal noises are negatives. Must
+    sit outside ``seed`` (it reads the site's key)."""
+
+    def __init__(self, sign, fn=None):
+        self.sign = sign
+        super().__init__(fn)
+
+    def process_message(self, msg):
+        if msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None:
+            return
+        base = _base(msg["fn"])
+        if not isinstance(base, dist.Normal | dist.LogNormal | dist.MultivariateNormal):
+            return
+        kwargs = msg["kwargs"]
+        value = msg["fn"](rng_key=kwargs["rng_key"], sample_shape=kwargs["sample_shape"])
+        if isinstance(base, dist.LogNormal):
+            msg["value"] = jnp.exp(base.loc + self.sign * (jnp.log(value) - base.loc))
+        else:
+            msg["value"] = base.loc + self.sign * (value - base.loc)
 
 
 def _base(fn):
@@ -377,8 +438,8 @@ def _anchor(fn, anchor):
 class _Anchor(Messenger):
     """Re-centres Gaussian priors on ``anchors`` and perturbs Normal observations."""
 
-    def __init__(self, anchors, noise_key, fn=None):
-        self.anchors, self.noise_key = anchors, noise_key
+    def __init__(self, anchors, noise_key, sign=1.0, fn=None):
+        self.anchors, self.noise_key, self.sign = anchors, noise_key, sign
         super().__init__(fn)
 
     def process_message(self, msg):
@@ -395,7 +456,8 @@ class _Anchor(Messenger):
                 jnp.broadcast_to(_base(msg["fn"]).scale, jnp.shape(value))
             )
             site_key = jax.random.fold_in(self.noise_key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
-            msg["value"] = value + scale * jax.random.normal(site_key, jnp.shape(value))
+            noise = jax.random.normal(site_key, jnp.shape(value))
+            msg["value"] = value + self.sign * scale * noise
 
 
 def _log_unanchored(program: Program) -> None:
