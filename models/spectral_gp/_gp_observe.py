@@ -12,8 +12,9 @@ operator for ``S`` points is a row-wise Kronecker (Khatri–Rao) product
 applied by contracting one axis at a time; in whitened coordinates :math:`U = (\otimes_j L_j)z`
 the per-axis rows are :math:`w_j(s) = k_j(x_{sj}, X_j) L_j^{-\top}`. Neither the grid
 covariance nor :math:`A` is formed: memory is :math:`O(S\, n_2\cdots n_d + \sum_j S n_j)`.
-The GP's variance left between grid points, :math:`k(x_s, x_s) - k_s C^{-1} k_s^\top =
-\prod_j k_j(0) - \prod_j \|w_j(s)\|^2`, is what the grid cannot represent at ``x_s``.
+What the grid cannot represent at ``x_s`` is the error of this interpolant,
+:math:`u(x_s) - a(s)\,\mathrm{vec}\,U`, whose prior variance is
+:func:`interpolation_variance`.
 
 References:
     Saatçi (2012), Scalable Inference for Structured Gaussian Process Models, PhD thesis.
@@ -50,7 +51,42 @@ def observe(weights: Sequence[Array], z: Array) -> Array:
     return out
 
 
-def interpolation_variance(weights: Sequence[Array], k0: Sequence[Array]) -> Array:
-    """Prior variance at each point left unexplained by the grid values, ``(S,)``, >= 0."""
+def axis_nugget(chol: Array, weights: Array, jitter: Array) -> Array:
+    r"""Per point, :math:`\varepsilon_j \|C_j^{-1} k_j(X_j, x_s)\|^2` with
+    :math:`C_j = K_j + \varepsilon_j I` (``chol`` its factor, ``weights`` :math:`w_j`, ``jitter``
+    :math:`\varepsilon_j`): what the jitter adds to :math:`\|w_j(s)\|^2` over the
+    interpolant's own explained variance, ``(S,)``."""
+    weights_hat = solve_triangular(chol.T, weights.T, lower=False)
+    return jitter * jnp.sum(weights_hat**2, axis=0)
+
+
+def interpolation_variance(
+    weights: Sequence[Array], k0: Sequence[Array], nugget: Sequence[Array] | None = None
+) -> Array:
+    r"""Prior variance of the interpolant's error at each point, ``(S,)``, >= 0.
+
+    With the jittered per-axis covariances :math:`C_j = K_j + \varepsilon_j I` the interpolant
+    weighs the grid values by :math:`\hat a_j = C_j^{-1} k_j`, and under the prior
+
+    .. math::
+        \mathrm{Var}\big[u(x) - \hat a^\top u_X\big] = \prod_j k_j(0)
+        - 2 \prod_j \hat a_j^\top k_j + \prod_j \hat a_j^\top K_j \hat a_j,\qquad
+        \hat a_j^\top k_j = \|w_j\|^2,\quad
+        \hat a_j^\top K_j \hat a_j = \|w_j\|^2 - \varepsilon_j \|\hat a_j\|^2
+
+    (``nugget`` the last terms, :func:`axis_nugget`). Without them this is the GP's
+    conditional variance given the grid values, :math:`\prod_j k_j(0) - \prod_j \|w_j\|^2`,
+    which counts the jitter as a nugget on the grid values: on the heat case's fitted kernel
+    (:math:`\prod_j k_j(0) = 30` for a field of amplitude 1, jitter 1e-8) that nugget was a
+    floor of 6.7e-4 sd at every point, grid points included, against 1.8e-4 for the
+    interpolant's error variance and 3.6e-5 rms for the true field's actual error.
+    """
     explained = jnp.prod(jnp.stack([jnp.sum(w**2, axis=1) for w in weights]), axis=0)
-    return jnp.maximum(jnp.prod(jnp.stack(list(k0))) - explained, 0.0)
+    total = jnp.prod(jnp.stack(list(k0)))
+    if nugget is None:
+        return jnp.maximum(total - explained, 0.0)
+    kept = jnp.prod(
+        jnp.stack([jnp.sum(w**2, axis=1) - n for w, n in zip(weights, nugget, strict=True)]),
+        axis=0,
+    )
+    return jnp.maximum(total - 2.0 * explained + kept, 0.0)

@@ -17,7 +17,7 @@ scattered sensors, the PDE residual at every grid point and optional Dirichlet r
    :func:`~ucsciml.models.spectral_gp._gp_evidence.data_evidence`). Any backend then gives
    the coefficients a posterior; ``Posterior.predict`` draws the field at new points from
    its exact conditional given each draw (site ``u``: a joint draw of the grid values plus
-   the interpolation variance between grid points).
+   the prior variance of the interpolant's error between grid points).
 
 The evidence needs a dense factorisation of the grid's precision, so the program is limited to
 grids of at most :data:`ucsciml.models.spectral_gp._gp_solve.DENSE_LIMIT` points; larger grids use

@@ -288,19 +288,24 @@ def boundary_scale(model, sites: dict) -> Array:
 
 
 def sensor_scale(sites: dict, inputs: dict, interp: Array) -> Array:
-    """The sensor rows' inverse sds: known or latent noise plus the interpolation variance."""
+    """The sensor rows' inverse sds: known or latent noise plus the interpolant's error variance."""
     noise = inputs["sensor_noise"] if "sensor_noise" in inputs else jnp.exp(sites["log_noise"])
     return 1.0 / jnp.sqrt(noise**2 + interp)
 
 
 def sensor_weights(model, kparams, chols, points: Array) -> tuple[list, Array]:
-    """Per-axis whitened weights at ``points`` (``(S, d)``) and the interpolation variance."""
+    """Per-axis whitened weights at ``points`` (``(S, d)``) and the prior variance of the
+    interpolant's error there (:func:`~ucsciml.models.spectral_gp._gp_observe.interpolation_variance`)."""
     weights = [
         _observe.axis_weights(model.kernel, p, chol, jnp.asarray(axis), points[:, j])
         for j, (p, chol, axis) in enumerate(zip(kparams, chols, model.axes(), strict=True))
     ]
     k0 = [sk.kernel(model.kernel, p, jnp.zeros(())) for p in kparams]
-    return weights, _observe.interpolation_variance(weights, k0)
+    nugget = [
+        _observe.axis_nugget(chol, w, model.jitter * k)
+        for chol, w, k in zip(chols, weights, k0, strict=True)
+    ]
+    return weights, _observe.interpolation_variance(weights, k0, nugget)
 
 
 def solve_dense(system: LinearGaussian, shape) -> tuple[Array, Array]:
@@ -519,14 +524,20 @@ def _fit(
 
 
 def _test_weights(model, theta, axes_test):
-    """``W_j = k_j(x*_j, X_j) L_j^{-T}`` and ``k_j(0)`` per axis."""
+    """``W_j = k_j(x*_j, X_j) L_j^{-T}``, ``k_j(0)`` and the jitter's share of ``W_j``'s row
+    sums of squares (:func:`~ucsciml.models.spectral_gp._gp_observe.axis_nugget`) per axis."""
     kparams = model.kernel_params(theta)
     chols, _ = model.factors(kparams)
     weights = [
         _observe.axis_weights(model.kernel, p, chol, jnp.asarray(x), jnp.asarray(xs))
         for xs, x, p, chol in zip(axes_test, model.axes(), kparams, chols, strict=True)
     ]
-    return weights, [sk.kernel(model.kernel, p, jnp.zeros(())) for p in kparams]
+    k0 = [sk.kernel(model.kernel, p, jnp.zeros(())) for p in kparams]
+    nugget = [
+        _observe.axis_nugget(chol, w, model.jitter * k)
+        for chol, w, k in zip(chols, weights, k0, strict=True)
+    ]
+    return weights, k0, nugget
 
 
 def predict(
@@ -543,11 +554,12 @@ def predict(
 
     .. math::
         \mathbb E[u_*] = W\bar z,\quad
-        \mathrm{Var}[u_*] = \mathrm{diag}(W P^{-1} W^\top) + k_{**} - \mathrm{diag}(WW^\top),
+        \mathrm{Var}[u_*] = \mathrm{diag}(W P^{-1} W^\top) + v_*,
         \quad W = \otimes_j k_j(x^*_j, X_j) L_j^{-\top}
 
-    (the conditional Gaussian of the grid values given the fitted hyper-parameters, plus the
-    GP's interpolation variance between grid points). Dense grids use the exact
+    (the conditional Gaussian of the grid values given the fitted hyper-parameters, plus
+    :math:`v_*`, the prior variance of the interpolant's error between grid points,
+    :func:`~ucsciml.models.spectral_gp._gp_observe.interpolation_variance`). Dense grids use the exact
     ``diag(W P^{-1} W^T)``; large grids estimate it from ``num_samples`` Matheron draws
     (``key`` required; a :class:`RuntimeWarning` is raised when a draw's CG solve stops at
     ``cg_maxiter`` above ``cg_tol``). Linear PDEs only.
@@ -586,9 +598,13 @@ def predict(
 def _predict_core(
     model, theta, z_mean, axes_test, inputs, targets, dense, num_samples, key, maxiter, tol
 ):
-    weights, k0 = _test_weights(model, theta, axes_test)
+    weights, k0, nugget = _test_weights(model, theta, axes_test)
     mean = _kron.kron_matvec(weights, z_mean)
-    interp = jnp.prod(jnp.array(k0)) - _outer_rows(weights)
+    # The interpolant's error variance on the test grid (_observe.interpolation_variance),
+    # each product over axes an outer product.
+    explained = _outer([jnp.sum(w**2, axis=1) for w in weights])
+    kept = _outer([jnp.sum(w**2, axis=1) - n for w, n in zip(weights, nugget, strict=True)])
+    interp = jnp.prod(jnp.array(k0)) - 2.0 * explained + kept
     system = linear_system(model, theta, inputs, targets)
     if dense:
         _, chol_p = solve_dense(system, model.grid)
@@ -645,9 +661,10 @@ def _draws(model, theta, inputs, targets, key, num_samples, maxiter, tol):
     return jax.lax.map(lambda a: one(*a), (z0, eps))
 
 
-def _outer_rows(weights) -> Array:
-    """``diag(W W^T)`` of ``W = ⊗ W_j`` as a grid: the outer product of row sums of squares."""
+def _outer(vectors) -> Array:
+    """The outer product of per-axis vectors as a grid (e.g. ``diag(W W^T)`` of
+    ``W = ⊗ W_j`` from the row sums of squares)."""
     out = jnp.ones(())
-    for w in weights:
-        out = jnp.multiply.outer(out, jnp.sum(w**2, axis=1))
+    for v in vectors:
+        out = jnp.multiply.outer(out, v)
     return out
