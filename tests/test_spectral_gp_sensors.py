@@ -250,7 +250,7 @@ def test_heat_inverse_case_file_end_to_end(tmp_path):
     """`ucsciml run heat_inverse_gp` (~2 CPU-minutes): the kernel fit and Laplace's mode
     search converge, kappa within 2% and the field's 90% band covering 85-97% of the true
     field on the evaluation grid (missed: the exact posterior band over-covers this smooth
-    field, ~99%; see the README)."""
+    field, 99.2% on seed 0 and 97.5% on average over 12 data seeds; see the README)."""
     from ucsciml import config
     from ucsciml.runner import run_case
 
