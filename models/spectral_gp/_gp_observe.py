@@ -61,7 +61,7 @@ def axis_nugget(chol: Array, weights: Array, jitter: Array) -> Array:
 
 
 def interpolation_variance(
-    weights: Sequence[Array], k0: Sequence[Array], nugget: Sequence[Array] | None = None
+    weights: Sequence[Array], k0: Sequence[Array], nugget: Sequence[Array]
 ) -> Array:
     r"""Prior variance of the interpolant's error at each point, ``(S,)``, >= 0.
 
@@ -74,19 +74,30 @@ def interpolation_variance(
         \hat a_j^\top k_j = \|w_j\|^2,\quad
         \hat a_j^\top K_j \hat a_j = \|w_j\|^2 - \varepsilon_j \|\hat a_j\|^2
 
-    (``nugget`` the last terms, :func:`axis_nugget`). Without them this is the GP's
+    (``nugget`` the last terms, :func:`axis_nugget`). Without them this would be the GP's
     conditional variance given the grid values, :math:`\prod_j k_j(0) - \prod_j \|w_j\|^2`,
     which counts the jitter as a nugget on the grid values: on the heat case's fitted kernel
     (:math:`\prod_j k_j(0) = 30` for a field of amplitude 1, jitter 1e-8) that nugget was a
     floor of 6.7e-4 sd at every point, grid points included, against 1.8e-4 for the
     interpolant's error variance and 3.6e-5 rms for the true field's actual error.
     """
-    explained = jnp.prod(jnp.stack([jnp.sum(w**2, axis=1) for w in weights]), axis=0)
-    total = jnp.prod(jnp.stack(list(k0)))
-    if nugget is None:
-        return jnp.maximum(total - explained, 0.0)
-    kept = jnp.prod(
-        jnp.stack([jnp.sum(w**2, axis=1) - n for w, n in zip(weights, nugget, strict=True)]),
-        axis=0,
-    )
-    return jnp.maximum(total - 2.0 * explained + kept, 0.0)
+    explained = [jnp.sum(w**2, axis=1) for w in weights]
+    kept = [e - n for e, n in zip(explained, nugget, strict=True)]
+    product = lambda terms: jnp.prod(jnp.stack(terms), axis=0)  # noqa: E731
+    return error_variance(k0, product(explained), product(kept))
+
+
+def error_variance(k0: Sequence[Array], explained: Array, kept: Array) -> Array:
+    r""":math:`\prod_j k_j(0) - 2\,\mathrm{explained} + \mathrm{kept}`, floored at 0, from the
+    products over axes of :math:`\|w_j\|^2` and :math:`\|w_j\|^2 - \varepsilon_j\|\hat
+    a_j\|^2` (:func:`interpolation_variance`; taken row-wise at scattered points, as outer
+    products on a tensor grid)."""
+    return jnp.maximum(jnp.prod(jnp.stack(list(k0))) - 2.0 * explained + kept, 0.0)
+
+
+def axis_terms(kind: str, kparams, chols, weights, jitter: float):
+    """Per axis ``k_j(0)`` and :func:`axis_nugget` for rows ``weights`` of factors ``chols``
+    (jitter relative to ``k_j(0)``, as in the factors)."""
+    k0 = [sk.kernel(kind, p, jnp.zeros(())) for p in kparams]
+    nugget = [axis_nugget(c, w, jitter * k) for c, w, k in zip(chols, weights, k0, strict=True)]
+    return k0, nugget

@@ -44,7 +44,6 @@ from ucsciml._types import Array, PRNGKey
 from ucsciml.models.spectral_gp import _gp_data as _data
 from ucsciml.models.spectral_gp import _gp_observe as _observe
 from ucsciml.models.spectral_gp import _kron
-from ucsciml.models.spectral_gp import _spectral_kernels as sk
 
 #: Grids with at most this many points are solved densely.
 DENSE_LIMIT = 2500
@@ -300,11 +299,7 @@ def sensor_weights(model, kparams, chols, points: Array) -> tuple[list, Array]:
         _observe.axis_weights(model.kernel, p, chol, jnp.asarray(axis), points[:, j])
         for j, (p, chol, axis) in enumerate(zip(kparams, chols, model.axes(), strict=True))
     ]
-    k0 = [sk.kernel(model.kernel, p, jnp.zeros(())) for p in kparams]
-    nugget = [
-        _observe.axis_nugget(chol, w, model.jitter * k)
-        for chol, w, k in zip(chols, weights, k0, strict=True)
-    ]
+    k0, nugget = _observe.axis_terms(model.kernel, kparams, chols, weights, model.jitter)
     return weights, _observe.interpolation_variance(weights, k0, nugget)
 
 
@@ -532,12 +527,7 @@ def _test_weights(model, theta, axes_test):
         _observe.axis_weights(model.kernel, p, chol, jnp.asarray(x), jnp.asarray(xs))
         for xs, x, p, chol in zip(axes_test, model.axes(), kparams, chols, strict=True)
     ]
-    k0 = [sk.kernel(model.kernel, p, jnp.zeros(())) for p in kparams]
-    nugget = [
-        _observe.axis_nugget(chol, w, model.jitter * k)
-        for chol, w, k in zip(chols, weights, k0, strict=True)
-    ]
-    return weights, k0, nugget
+    return weights, *_observe.axis_terms(model.kernel, kparams, chols, weights, model.jitter)
 
 
 def predict(
@@ -602,9 +592,9 @@ def _predict_core(
     mean = _kron.kron_matvec(weights, z_mean)
     # The interpolant's error variance on the test grid (_observe.interpolation_variance),
     # each product over axes an outer product.
-    explained = _outer([jnp.sum(w**2, axis=1) for w in weights])
-    kept = _outer([jnp.sum(w**2, axis=1) - n for w, n in zip(weights, nugget, strict=True)])
-    interp = jnp.prod(jnp.array(k0)) - 2.0 * explained + kept
+    explained = [jnp.sum(w**2, axis=1) for w in weights]
+    kept = [e - n for e, n in zip(explained, nugget, strict=True)]
+    interp = _observe.error_variance(k0, _outer(explained), _outer(kept))
     system = linear_system(model, theta, inputs, targets)
     if dense:
         _, chol_p = solve_dense(system, model.grid)
@@ -614,7 +604,7 @@ def _predict_core(
     else:
         draws, relres = _draws(model, theta, inputs, targets, key, num_samples, maxiter, tol)
         var = jnp.var(jax.vmap(lambda z: _kron.kron_matvec(weights, z))(draws), axis=0)
-    return mean, jnp.sqrt(var + jnp.maximum(interp, 0.0)), relres
+    return mean, jnp.sqrt(var + interp), relres
 
 
 def posterior_draws(
